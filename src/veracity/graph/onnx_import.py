@@ -1,0 +1,733 @@
+"""Import ONNX models into the graph IR.
+
+The first dimension of the model's input is the batch; every op must keep it separate (we check). Nodes
+whose inputs are all constant are folded with onnx's reference evaluator, so shape arithmetic (Shape,
+Gather, Concat, Cast, ...) on constants needs no special code. Everything else maps to the small set of
+IR ops in :mod:`veracity.graph.ops`; ops like Clip, AveragePool with padding or broadcasting binary
+ops are expressed exactly through several IR nodes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from veracity.graph import ops
+from veracity.graph.ir import Graph, Node, UnsupportedError
+
+
+class OnnxImportError(ValueError):
+    """The file is not a readable ONNX model."""
+
+
+class _Var:
+    """A non-constant value: the IR node computing it and its per-sample shape."""
+
+    def __init__(self, name: str, shape: tuple[int, ...]):
+        self.name, self.shape = name, tuple(int(d) for d in shape)
+
+    @property
+    def full(self) -> tuple[int, ...]:
+        return (1, *self.shape)
+
+
+def resolve_path(path) -> Path:
+    """``path`` itself, or ``path.gz`` when only the compressed file exists (as in VNN-COMP)."""
+    p = Path(path)
+    if not p.exists() and Path(str(p) + ".gz").exists():
+        return Path(str(p) + ".gz")
+    return p
+
+
+def load_onnx(path) -> Graph:
+    """Read an ``.onnx`` or ``.onnx.gz`` file into a Graph."""
+    p = resolve_path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such ONNX file: {path}")
+    data = p.read_bytes()
+    if p.suffix == ".gz":
+        data = gzip.decompress(data)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise OnnxImportError(f"{p}: not a valid ONNX model ({e})") from None
+    if not model.graph.node:
+        raise OnnxImportError(f"{p}: the ONNX model has no nodes")
+    return from_onnx(model, source=str(p))
+
+
+def from_onnx(model: onnx.ModelProto, source: str = "<model>") -> Graph:
+    return _Importer(model, source).run()
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decode(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _f64(a) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float64))
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str):
+        self.model, self.source = model, source
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.env: dict[str, object] = {}  # ONNX value name -> np.ndarray (constant) or _Var
+        self.nodes: list[Node] = []
+        self.names: set[str] = set()
+        self.origin = ""
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def fail(self, msg: str):
+        raise UnsupportedError(f"{self.source}: {self.origin}: {msg}")
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}#{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def add(self, op: str, inputs, params=None, base: str = "v") -> _Var:
+        """Append an IR node; its shape comes from evaluating it once on zeros."""
+        params = params or {}
+        ins = [self.as_var(i) for i in inputs]
+        node = Node(self.fresh(base), op, tuple(v.name for v in ins), (), params, self.origin)
+        node.in_shapes = tuple(v.shape for v in ins)
+        if op == "const":
+            node.shape = tuple(params["value"].shape)
+        else:
+            xs = [torch.zeros(1, *v.shape, dtype=torch.float64) for v in ins]
+            try:
+                y = ops.OPS[op].forward(node, params, *xs)
+            except RuntimeError as e:
+                self.fail(f"cannot evaluate as {op}: {e}")
+            node.shape = tuple(y.shape[1:])
+        self.nodes.append(node)
+        return _Var(node.name, node.shape)
+
+    def as_var(self, v) -> _Var:
+        if isinstance(v, _Var):
+            return v
+        a = np.asarray(v, dtype=np.float64)
+        return self.add("const", [], {"value": _f64(a)}, "const")
+
+    def const(self, name: str, what: str = "this input") -> np.ndarray:
+        v = self.env.get(name)
+        if not isinstance(v, np.ndarray):
+            self.fail(f"{what} ('{name}') must be a constant")
+        return v
+
+    def axis(self, a: int, rank: int) -> int:
+        """Normalise an ONNX axis (of the full, batched tensor) to a per-sample axis."""
+        a = a + rank if a < 0 else a
+        if a == 0:
+            self.fail("operating along the batch dimension (axis 0) is not supported")
+        return a - 1
+
+    def per_sample_const(self, c: np.ndarray, shape) -> np.ndarray:
+        """A constant broadcast against a batched tensor of per-sample ``shape``, without the batch axis."""
+        full = np.broadcast_shapes(c.shape, (1, *shape))
+        if full[0] != 1:
+            self.fail(f"a constant of shape {c.shape} would broadcast over the batch dimension")
+        return np.ascontiguousarray(np.broadcast_to(c, full)[0], dtype=np.float64)
+
+    def expand(self, v: _Var, shape) -> _Var:
+        """Broadcast a variable to per-sample ``shape`` (reshape + repeating gathers, exact)."""
+        shape = tuple(shape)
+        if v.shape == shape:
+            return v
+        if len(v.shape) < len(shape):
+            v = self.add("reshape", [v], {"shape": (1,) * (len(shape) - len(v.shape)) + v.shape}, "expand")
+        for ax, (a, b) in enumerate(zip(v.shape, shape, strict=True)):
+            if a != b:
+                if a != 1:
+                    self.fail(f"cannot broadcast shape {v.shape} to {shape}")
+                v = self.add("gather", [v], {"axis": ax, "index": torch.zeros(b, dtype=torch.long)}, "expand")
+        return v
+
+    def gather_range(self, v: _Var, axis: int, idx) -> _Var:
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size == v.shape[axis] and np.array_equal(idx, np.arange(v.shape[axis])):
+            return v
+        return self.add("gather", [v], {"axis": axis, "index": torch.from_numpy(idx)}, "gather")
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.model.graph
+        for init in g.initializer:
+            self.env[init.name] = numpy_helper.to_array(init)
+        inputs = [i for i in g.input if i.name not in self.env]
+        if len(inputs) != 1:
+            raise UnsupportedError(
+                f"{self.source}: expected exactly one non-constant input, found {[i.name for i in inputs]}"
+            )
+        inp = inputs[0]
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) < 2:
+            raise UnsupportedError(
+                f"{self.source}: input '{inp.name}' has rank {len(dims)}; a leading batch dimension is required"
+            )
+        if dims[0].HasField("dim_value") and dims[0].dim_value not in (0, 1):
+            raise UnsupportedError(f"{self.source}: input batch dimension is {dims[0].dim_value}, expected 1")
+        shape = []
+        for d in dims[1:]:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                raise UnsupportedError(f"{self.source}: input '{inp.name}' has a non-fixed dimension")
+            shape.append(d.dim_value)
+        self.names.add(inp.name)
+        self.nodes.append(Node(inp.name, "input", (), tuple(shape), {}, "ONNX graph input"))
+        self.env[inp.name] = _Var(inp.name, shape)
+
+        for node in g.node:
+            self.origin = f"ONNX {node.op_type} node '{node.name or node.output[0]}'"
+            if node.domain not in ("", "ai.onnx"):
+                self.unsupported(node)
+            present = [i for i in node.input if i]
+            if all(isinstance(self.env.get(i), np.ndarray) for i in present):
+                self.fold(node)
+                continue
+            for i in present:
+                if i not in self.env:
+                    self.fail(f"input '{i}' is not defined")
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if handler is None:
+                self.unsupported(node)
+            outs = handler(node, _attrs(node))
+            if isinstance(outs, (_Var, np.ndarray)):
+                outs = [outs]
+            for name, v in zip(node.output, outs, strict=False):
+                if name:
+                    self.env[name] = v
+
+        if len(g.output) != 1:
+            raise UnsupportedError(f"{self.source}: expected one graph output, found {len(g.output)}")
+        out = self.env.get(g.output[0].name)
+        if not isinstance(out, _Var):
+            raise UnsupportedError(f"{self.source}: the output does not depend on the input")
+        return Graph(self.nodes, inp.name, out.name)
+
+    def unsupported(self, node):
+        supported = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
+        self.fail(f"unsupported op '{node.op_type}'. Supported ops: {', '.join(supported)}")
+
+    def fold(self, node):
+        feeds = {i: self.env[i] for i in node.input if i}
+        try:
+            outs = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+        except Exception as e:
+            self.fail(f"cannot evaluate constant node: {e}")
+        for name, v in zip(node.output, outs, strict=False):
+            if name:
+                self.env[name] = np.asarray(v)
+
+    def v(self, node, i=0) -> _Var:
+        x = self.env[node.input[i]]
+        if not isinstance(x, _Var):
+            self.fail(f"input {i} must depend on the network input")
+        return x
+
+    def opt_input(self, node, i):
+        """Optional constant input i (None when absent)."""
+        if len(node.input) > i and node.input[i]:
+            return self.const(node.input[i], f"input {i}")
+        return None
+
+    # -- element-wise ------------------------------------------------------------------------------
+    def op_Identity(self, node, a):
+        return self.env[node.input[0]]
+
+    op_Dropout = op_Identity
+
+    def op_Cast(self, node, a):
+        if a["to"] not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            self.fail("casting a network value to a non-float type is not supported")
+        return self.v(node)
+
+    def op_Relu(self, node, a):
+        return self.add("relu", [self.v(node)], base=node.output[0])
+
+    def op_LeakyRelu(self, node, a):
+        return self.add("leaky_relu", [self.v(node)], {"alpha": float(a.get("alpha", 0.01))}, node.output[0])
+
+    def op_Sigmoid(self, node, a):
+        return self.add("sigmoid", [self.v(node)], base=node.output[0])
+
+    def op_Tanh(self, node, a):
+        return self.add("tanh", [self.v(node)], base=node.output[0])
+
+    def op_Neg(self, node, a):
+        return self.scale_shift(self.v(node), -1.0, None, node.output[0])
+
+    def scale_shift(self, x: _Var, scale, shift, base) -> _Var:
+        p = {}
+        if scale is not None:
+            p["scale"] = _f64(self.per_sample_const(np.asarray(scale, dtype=np.float64), x.shape))
+        if shift is not None:
+            p["shift"] = _f64(self.per_sample_const(np.asarray(shift, dtype=np.float64), x.shape))
+        return self.add("scale_shift", [x], p, base)
+
+    def op_Clip(self, node, a):
+        x = self.v(node)
+        if self.opset < 11:
+            lo, hi = a.get("min"), a.get("max")
+        else:
+            lo, hi = self.opt_input(node, 1), self.opt_input(node, 2)
+        lo = None if lo is None else float(np.asarray(lo))
+        hi = None if hi is None else float(np.asarray(hi))
+        base = node.output[0]
+        if lo is not None and hi is not None and lo > hi:
+            self.fail(f"Clip with min {lo} > max {hi}")
+        # max(x, lo) = lo + relu(x - lo);  min(z, hi) = hi - relu(hi - z)
+        if lo is not None:
+            r = self.add("relu", [self.scale_shift(x, None, -lo, base)], base=base)
+            x = self.scale_shift(r, None, lo, base)
+        if hi is not None:
+            r = self.add("relu", [self.scale_shift(x, -1.0, hi, base)], base=base)
+            x = self.scale_shift(r, -1.0, hi, base)
+        return x
+
+    def binary(self, node, kind: str):
+        xa, xb = self.env[node.input[0]], self.env[node.input[1]]
+        base = node.output[0]
+        if isinstance(xa, _Var) and isinstance(xb, _Var):
+            shape = np.broadcast_shapes(xa.full, xb.full)[1:]
+            xa, xb = self.expand(xa, shape), self.expand(xb, shape)
+            return self.add(kind, [xa, xb], base=base)
+        swapped = not isinstance(xa, _Var)
+        x, c = (xb, xa) if swapped else (xa, xb)
+        c = np.asarray(c, dtype=np.float64)
+        shape = np.broadcast_shapes(x.full, c.shape)
+        if shape[0] != 1:
+            self.fail(f"a constant of shape {c.shape} would broadcast over the batch dimension")
+        x = self.expand(x, shape[1:])
+        if kind == "add":
+            return self.scale_shift(x, None, c, base)
+        if kind == "sub":
+            return self.scale_shift(x, -1.0, c, base) if swapped else self.scale_shift(x, None, -c, base)
+        if kind == "mul":
+            return self.scale_shift(x, c, None, base)
+        if swapped:
+            self.fail("dividing a constant by a network value is not supported")
+        return self.scale_shift(x, 1.0 / c, None, base)
+
+    def op_Add(self, node, a):
+        return self.binary(node, "add")
+
+    def op_Sub(self, node, a):
+        return self.binary(node, "sub")
+
+    def op_Mul(self, node, a):
+        return self.binary(node, "mul")
+
+    def op_Div(self, node, a):
+        return self.binary(node, "div")
+
+    def op_Sum(self, node, a):
+        vs = [self.env[i] for i in node.input]
+        if not all(isinstance(v, _Var) for v in vs):
+            self.fail("Sum of constants and network values is not supported")
+        shape = np.broadcast_shapes(*[v.full for v in vs])[1:]
+        return self.add("add", [self.expand(v, shape) for v in vs], base=node.output[0])
+
+    def op_BatchNormalization(self, node, a):
+        x = self.v(node)
+        gamma, beta, mean, var = (self.const(node.input[i]) for i in range(1, 5))
+        eps = float(a.get("epsilon", 1e-5))
+        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+        shift = beta - mean * scale
+        bshape = (-1,) + (1,) * (len(x.shape) - 1)
+        return self.scale_shift(x, scale.reshape(bshape)[None], shift.reshape(bshape)[None], node.output[0])
+
+    # -- matrix products -------------------------------------------------------------------------
+    def op_Gemm(self, node, a):
+        x = self.v(node)
+        if a.get("transA", 0):
+            self.fail("Gemm with transA=1 on a network value is not supported")
+        if len(x.shape) != 1:
+            self.fail(f"Gemm expects a 2-D input, got per-sample shape {x.shape}")
+        B = self.const(node.input[1], "the weight B").astype(np.float64)
+        W = (B if a.get("transB", 0) else B.T) * float(a.get("alpha", 1.0))
+        p = {"W": _f64(W)}
+        C = self.opt_input(node, 2)
+        if C is not None:
+            p["b"] = _f64(np.broadcast_to(C.astype(np.float64) * float(a.get("beta", 1.0)), (1, W.shape[0]))[0])
+        return self.add("linear", [x], p, node.output[0])
+
+    def op_MatMul(self, node, a):
+        xa, xb = self.env[node.input[0]], self.env[node.input[1]]
+        if isinstance(xa, _Var) and not isinstance(xb, _Var):
+            if xb.ndim != 2:
+                self.fail("MatMul with a constant of rank other than 2 is not supported")
+            if len(xa.shape) == 0:
+                self.fail("MatMul on a scalar")
+            return self.add("linear", [xa], {"W": _f64(xb.T)}, node.output[0])
+        if isinstance(xb, _Var) and not isinstance(xa, _Var) and xa.ndim == 2 and len(xb.shape) >= 2:
+            # A @ x = (x^T A^T)^T over the last two axes
+            r = len(xb.shape)
+            perm = list(range(r - 2)) + [r - 1, r - 2]
+            t = self.add("transpose", [xb], {"perm": perm}, node.output[0])
+            y = self.add("linear", [t], {"W": _f64(xa)}, node.output[0])
+            return self.add("transpose", [y], {"perm": perm}, node.output[0])
+        self.fail("MatMul of two network values is not supported")
+
+    # -- shapes ------------------------------------------------------------------------------------
+    def reshape(self, x: _Var, full, base) -> _Var:
+        full = tuple(int(d) for d in full)
+        if len(full) == 0 or full[0] != 1 or math.prod(full) != math.prod(x.full):
+            self.fail(f"reshape of {x.full} to {full} would mix the batch dimension")
+        if full[1:] == x.shape:
+            return x
+        return self.add("reshape", [x], {"shape": full[1:]}, base)
+
+    def op_Reshape(self, node, a):
+        x = self.v(node)
+        target = [int(d) for d in self.const(node.input[1], "the target shape")]
+        out = []
+        for i, d in enumerate(target):
+            if d == 0 and not a.get("allowzero", 0):
+                d = x.full[i]
+            out.append(d)
+        if out.count(-1) > 1:
+            self.fail(f"Reshape target {target} has more than one -1")
+        if -1 in out:
+            known = math.prod(d for d in out if d != -1)
+            out[out.index(-1)] = math.prod(x.full) // max(known, 1)
+        return self.reshape(x, out, node.output[0])
+
+    def op_Flatten(self, node, a):
+        x = self.v(node)
+        ax = a.get("axis", 1)
+        ax = ax + len(x.full) if ax < 0 else ax
+        return self.reshape(x, (math.prod(x.full[:ax]), math.prod(x.full[ax:])), node.output[0])
+
+    def axes_arg(self, node, a, i=1):
+        if "axes" in a:
+            return list(a["axes"])
+        v = self.opt_input(node, i)
+        return None if v is None else [int(t) for t in v.reshape(-1)]
+
+    def op_Squeeze(self, node, a):
+        x = self.v(node)
+        axes = self.axes_arg(node, a)
+        r = len(x.full)
+        axes = [i for i in range(r) if x.full[i] == 1 and i > 0] if axes is None else [t % r for t in axes]
+        return self.reshape(x, [d for i, d in enumerate(x.full) if i not in axes], node.output[0])
+
+    def op_Unsqueeze(self, node, a):
+        x = self.v(node)
+        axes = self.axes_arg(node, a)
+        r = len(x.full) + len(axes)
+        out = list(x.full)
+        for t in sorted(t % r for t in axes):
+            out.insert(t, 1)
+        if 0 in [t % r for t in axes]:
+            self.fail("Unsqueeze at axis 0 would move the batch dimension")
+        return self.reshape(x, out, node.output[0])
+
+    def op_Transpose(self, node, a):
+        x = self.v(node)
+        perm = list(a.get("perm", reversed(range(len(x.full)))))
+        if perm[0] != 0:
+            self.fail(f"Transpose perm {perm} moves the batch dimension")
+        return self.add("transpose", [x], {"perm": [p - 1 for p in perm[1:]]}, node.output[0])
+
+    def op_Shape(self, node, a):
+        full = np.array(self.v(node).full, dtype=np.int64)
+        start, end = a.get("start", 0), a.get("end", None)
+        return full[start:end]
+
+    def op_Concat(self, node, a):
+        vals = [self.env[i] for i in node.input]
+        ref = next(v for v in vals if isinstance(v, _Var))
+        ax = self.axis(a["axis"], len(ref.full))
+        ins = []
+        for v in vals:
+            if isinstance(v, _Var):
+                ins.append(v)
+            else:
+                if v.ndim != len(ref.full) or v.shape[0] != 1:
+                    self.fail(f"Concat of a constant of shape {v.shape} with a batched value")
+                if v.shape[ax + 1] > 0:
+                    ins.append(v[0])
+        return self.add("concat", ins, {"axis": ax}, node.output[0])
+
+    def op_Slice(self, node, a):
+        x = self.v(node)
+        if self.opset < 10:
+            starts, ends = a["starts"], a["ends"]
+            axes = a.get("axes", list(range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            starts = [int(t) for t in self.const(node.input[1], "starts")]
+            ends = [int(t) for t in self.const(node.input[2], "ends")]
+            ax_in, st_in = self.opt_input(node, 3), self.opt_input(node, 4)
+            axes = list(range(len(starts))) if ax_in is None else [int(t) for t in ax_in]
+            steps = [1] * len(starts) if st_in is None else [int(t) for t in st_in]
+        r = len(x.full)
+        for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+            ax = ax % r
+            idx = np.arange(x.full[ax])[slice(s, e, st)] if st > 0 else np.arange(x.full[ax])[s:e:st]
+            if ax == 0:
+                if not np.array_equal(idx, [0]):
+                    self.fail("Slice along the batch dimension")
+                continue
+            x = self.gather_range(x, ax - 1, idx)
+        return x
+
+    def op_Split(self, node, a):
+        x = self.v(node)
+        ax = self.axis(a.get("axis", 0), len(x.full))
+        sizes = a.get("split")
+        if sizes is None and len(node.input) > 1 and node.input[1]:
+            sizes = [int(t) for t in self.const(node.input[1], "split")]
+        n = x.shape[ax]
+        if sizes is None:
+            k = len(node.output)
+            chunk = -(-n // k)
+            sizes = [min(chunk, n - i * chunk) for i in range(k)]
+        outs, start = [], 0
+        for s in sizes:
+            outs.append(self.gather_range(x, ax, np.arange(start, start + s)))
+            start += s
+        return outs
+
+    def op_Gather(self, node, a):
+        x = self.v(node)
+        idx = self.const(node.input[1], "the indices").astype(np.int64)
+        ax = self.axis(a.get("axis", 0), len(x.full))
+        idx = np.where(idx < 0, idx + x.shape[ax], idx)
+        y = self.gather_range(x, ax, idx.reshape(-1))
+        out = (1, *x.shape[:ax], *idx.shape, *x.shape[ax + 1 :])
+        return self.reshape(y, out, node.output[0])
+
+    def op_Pad(self, node, a):
+        x = self.v(node)
+        if _decode(a.get("mode", "constant")) != "constant":
+            self.fail(f"Pad mode '{_decode(a['mode'])}' is not supported (only constant)")
+        if self.opset < 11:
+            pads, value = list(a["pads"]), float(a.get("value", 0.0))
+            axes = None
+        else:
+            pads = [int(t) for t in self.const(node.input[1], "pads")]
+            cv = self.opt_input(node, 2)
+            value = 0.0 if cv is None else float(np.asarray(cv).reshape(-1)[0])
+            ax_in = self.opt_input(node, 3)
+            axes = None if ax_in is None else [int(t) % len(x.full) for t in ax_in]
+        r = len(x.full)
+        axes = axes or list(range(r))
+        k = len(axes)
+        per_axis = {ax: (pads[i], pads[i + k]) for i, ax in enumerate(axes)}
+        if per_axis.get(0, (0, 0)) != (0, 0):
+            self.fail("Pad along the batch dimension")
+        for ax, (b, e) in per_axis.items():  # negative pads crop
+            if b < 0 or e < 0:
+                idx = np.arange(x.full[ax])[max(-b, 0) : x.full[ax] - max(-e, 0)]
+                x = self.gather_range(x, ax - 1, idx)
+        pp = [(max(per_axis.get(ax, (0, 0))[0], 0), max(per_axis.get(ax, (0, 0))[1], 0)) for ax in range(1, r)]
+        if not any(b or e for b, e in pp):
+            return x
+        y = self.add("pad", [x], {"pads": pp}, node.output[0])
+        if value != 0.0:
+            mask = torch.ones(1, *x.shape, dtype=torch.float64)
+            mask = 1.0 - ops.OPS["pad"].apply(None, {"pads": pp}, 0, mask)[0]
+            y = self.scale_shift(y, None, (value * mask).numpy(), node.output[0])
+        return y
+
+    # -- convolutions and pooling ----------------------------------------------------------------
+    def spatial_pads(self, node, a, x: _Var, kernel, strides, dilations):
+        nd = len(kernel)
+        auto = _decode(a.get("auto_pad", "NOTSET"))
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads_b, pads_e = [], []
+            for d in range(nd):
+                n = x.shape[1 + d]
+                out = -(-n // strides[d])
+                total = max(0, (out - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - n)
+                small, big = total // 2, total - total // 2
+                pads_b.append(small if auto == "SAME_UPPER" else big)
+                pads_e.append(big if auto == "SAME_UPPER" else small)
+            return pads_b, pads_e
+        if auto == "VALID":
+            return [0] * nd, [0] * nd
+        pads = list(a.get("pads", [0] * (2 * nd)))
+        return pads[:nd], pads[nd:]
+
+    def pad_asymmetric(self, x: _Var, pads_b, pads_e, base):
+        """Returns (input, symmetric padding): asymmetric pads become an explicit pad node."""
+        if pads_b == pads_e:
+            return x, list(pads_b)
+        pp = [(0, 0)] + list(zip(pads_b, pads_e, strict=True))
+        return self.add("pad", [x], {"pads": pp}, base), [0] * len(pads_b)
+
+    def op_Conv(self, node, a):
+        x = self.v(node)
+        w = self.const(node.input[1], "the weight").astype(np.float64)
+        nd = w.ndim - 2
+        if nd not in (1, 2, 3) or len(x.shape) != nd + 1:
+            self.fail(f"Conv with weight {w.shape} on per-sample input {x.shape}")
+        kernel = list(w.shape[2:])
+        strides = list(a.get("strides", [1] * nd))
+        dil = list(a.get("dilations", [1] * nd))
+        pb, pe = self.spatial_pads(node, a, x, kernel, strides, dil)
+        x, pad = self.pad_asymmetric(x, pb, pe, node.output[0])
+        p = {"weight": _f64(w), "stride": strides, "padding": pad, "dilation": dil, "groups": int(a.get("group", 1))}
+        b = self.opt_input(node, 2)
+        if b is not None:
+            p["bias"] = _f64(b)
+        return self.add("conv", [x], p, node.output[0])
+
+    def op_ConvTranspose(self, node, a):
+        x = self.v(node)
+        w = self.const(node.input[1], "the weight").astype(np.float64)
+        nd = w.ndim - 2
+        strides = list(a.get("strides", [1] * nd))
+        dil = list(a.get("dilations", [1] * nd))
+        if "output_shape" in a or _decode(a.get("auto_pad", "NOTSET")) != "NOTSET":
+            self.fail("ConvTranspose with output_shape or auto_pad is not supported")
+        pads = list(a.get("pads", [0] * (2 * nd)))
+        if pads[:nd] != pads[nd:]:
+            self.fail(f"ConvTranspose with asymmetric pads {pads} is not supported")
+        p = {
+            "weight": _f64(w),
+            "stride": strides,
+            "padding": pads[:nd],
+            "output_padding": list(a.get("output_padding", [0] * nd)),
+            "dilation": dil,
+            "groups": int(a.get("group", 1)),
+        }
+        b = self.opt_input(node, 2)
+        if b is not None:
+            p["bias"] = _f64(b)
+        return self.add("conv_transpose", [x], p, node.output[0])
+
+    def pool_args(self, node, a, x):
+        kernel = list(a["kernel_shape"])
+        nd = len(kernel)
+        strides = list(a.get("strides", [1] * nd))
+        dil = list(a.get("dilations", [1] * nd))
+        if a.get("ceil_mode", 0):
+            self.fail("pooling with ceil_mode=1 is not supported")
+        pb, pe = self.spatial_pads(node, a, x, kernel, strides, dil)
+        return kernel, strides, dil, pb, pe
+
+    def op_MaxPool(self, node, a):
+        x = self.v(node)
+        if len(node.output) > 1 and node.output[1]:
+            self.fail("MaxPool's Indices output is not supported")
+        kernel, strides, dil, pb, pe = self.pool_args(node, a, x)
+        if pb != pe:
+            self.fail(f"MaxPool with asymmetric pads {pb + pe} is not supported")
+        p = {"kernel": kernel, "stride": strides, "padding": pb, "dilation": dil, "ceil_mode": False}
+        return self.add("maxpool", [x], p, node.output[0])
+
+    def op_AveragePool(self, node, a):
+        x = self.v(node)
+        kernel, strides, dil, pb, pe = self.pool_args(node, a, x)
+        if any(d != 1 for d in dil):
+            self.fail("AveragePool with dilation is not supported")
+        base = node.output[0]
+        padded = any(pb) or any(pe)
+        y = self.add("pad", [x], {"pads": [(0, 0)] + list(zip(pb, pe, strict=True))}, base) if padded else x
+        y = self.add("avgpool", [y], {"kernel": kernel, "stride": strides}, base)
+        if padded and not a.get("count_include_pad", 0):
+            # rescale each window by kernel size / number of real (unpadded) entries
+            ones = torch.ones(1, *x.shape, dtype=torch.float64)
+            pp = [(0, 0)] + list(zip(pb, pe, strict=True))
+            frac = ops.OPS["avgpool"].apply(None, {"kernel": kernel, "stride": strides}, 0,
+                                            ops.OPS["pad"].apply(None, {"pads": pp}, 0, ones))
+            y = self.scale_shift(y, (1.0 / frac).numpy(), None, base)
+        return y
+
+    def op_GlobalAveragePool(self, node, a):
+        x = self.v(node)
+        axes = list(range(1, len(x.shape)))
+        y = self.add("reduce_sum", [x], {"axes": axes, "keepdims": True}, node.output[0])
+        return self.scale_shift(y, 1.0 / math.prod(x.shape[1:]), None, node.output[0])
+
+    def reduce(self, node, a, mean: bool):
+        x = self.v(node)
+        axes = self.axes_arg(node, a)
+        r = len(x.full)
+        if axes is None:
+            if a.get("noop_with_empty_axes", 0):
+                return x
+            axes = list(range(r))
+        axes = sorted({self.axis(t, r) for t in axes})
+        y = self.add("reduce_sum", [x], {"axes": axes, "keepdims": bool(a.get("keepdims", 1))}, node.output[0])
+        if mean:
+            y = self.scale_shift(y, 1.0 / math.prod(x.shape[t] for t in axes), None, node.output[0])
+        return y
+
+    def op_ReduceSum(self, node, a):
+        return self.reduce(node, a, mean=False)
+
+    def op_ReduceMean(self, node, a):
+        return self.reduce(node, a, mean=True)
+
+    # -- resizing ----------------------------------------------------------------------------------
+    def op_Resize(self, node, a):
+        x = self.v(node)
+        if _decode(a.get("mode", "nearest")) != "nearest":
+            self.fail(f"Resize mode '{_decode(a['mode'])}' is not supported (only nearest)")
+        full = x.full
+        if node.op_type == "Upsample":
+            scales = a.get("scales")
+            if scales is None:
+                scales = self.const(node.input[1], "scales")
+            sizes = None
+            ctm, nm = "asymmetric", "floor"
+        else:
+            scales = self.opt_input(node, 2) if self.opset >= 11 else self.opt_input(node, 1)
+            sizes = self.opt_input(node, 3) if self.opset >= 11 else None
+            if scales is not None and scales.size == 0:
+                scales = None
+            ctm = _decode(a.get("coordinate_transformation_mode", "half_pixel" if self.opset >= 11 else "asymmetric"))
+            nm = _decode(a.get("nearest_mode", "round_prefer_floor"))
+        if sizes is not None and sizes.size:
+            sizes = [int(s) for s in sizes]
+            scales = [s / n for s, n in zip(sizes, full, strict=True)]
+        else:
+            scales = [float(s) for s in np.asarray(scales).reshape(-1)]
+            sizes = [int(math.floor(n * s)) for n, s in zip(full, scales, strict=True)]
+        if sizes[0] != 1:
+            self.fail("Resize along the batch dimension")
+        for ax in range(1, len(full)):
+            n, m, s = full[ax], sizes[ax], scales[ax]
+            if n == m:
+                continue
+            i = np.arange(m, dtype=np.float64)
+            if ctm in ("half_pixel", "pytorch_half_pixel"):
+                src = (i + 0.5) / s - 0.5
+                if ctm == "pytorch_half_pixel" and m == 1:
+                    src = np.zeros_like(i)
+            elif ctm == "asymmetric":
+                src = i / s
+            elif ctm == "align_corners":
+                src = i * (n - 1) / (m - 1) if m > 1 else np.zeros_like(i)
+            else:
+                self.fail(f"Resize coordinate_transformation_mode '{ctm}' is not supported")
+            if nm == "round_prefer_floor":
+                idx = np.where(src - np.floor(src) == 0.5, np.floor(src), np.round(src))
+            elif nm == "round_prefer_ceil":
+                idx = np.where(src - np.floor(src) == 0.5, np.ceil(src), np.round(src))
+            elif nm == "floor":
+                idx = np.floor(src)
+            else:
+                idx = np.ceil(src)
+            x = self.add("gather", [x], {"axis": ax - 1, "index": torch.from_numpy(np.clip(idx, 0, n - 1).astype(np.int64))},
+                         node.output[0])
+        return x
+
+    op_Upsample = op_Resize
