@@ -2,8 +2,9 @@
 
 A linear op with inputs x_1..x_K computes ``y = sum_k L_k(x_k) + c``. It provides
 - ``apply(node, p, k, x)``: L_k(x) for a batch x (no constant),
-- ``pos``/``neg``: the same with only the positive / negative coefficients of L_k (``neg`` None when
-  every coefficient is non-negative), which is what interval arithmetic and forward linear bounds need,
+- ``abs(node, p, k, x)``: |L_k|(x), the map with every coefficient replaced by its magnitude; with
+  ``apply`` it gives the positive and negative parts (``(L ± |L|)/2``) that interval arithmetic and
+  forward linear bounds need. Ops whose coefficients are all non-negative set ``nonneg`` and skip it,
 - ``adjoint(node, p, k, A)``: L_k^T A, which backward (CROWN) bounds need,
 - ``const(node, p)``: c, or None.
 Nonlinear ops (relu, sigmoid, maxpool, ...) only evaluate here; their relaxations live in
@@ -35,6 +36,13 @@ def _vjp(f, in_shape, A: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def _cached_abs(p: dict, key: str) -> torch.Tensor:
+    a = p.get("_abs_" + key)
+    if a is None:
+        a = p["_abs_" + key] = p[key].abs()
+    return a
+
+
 class Op:
     linear = False
     n_inputs = 1
@@ -56,11 +64,10 @@ class LinearOp(Op):
     def apply(self, node, p, k, x):
         raise NotImplementedError
 
-    def pos(self, node, p, k, x):
-        return self.apply(node, p, k, x)
+    nonneg = True
 
-    def neg(self, node, p, k, x):
-        return None
+    def abs(self, node, p, k, x):
+        return self.apply(node, p, k, x)
 
     def adjoint(self, node, p, k, A):
         in_shape = node.in_shapes[k]
@@ -95,11 +102,10 @@ class Linear(LinearOp):
     def apply(self, node, p, k, x):
         return x @ p["W"].T
 
-    def pos(self, node, p, k, x):
-        return x @ p["W"].clamp(min=0).T
+    nonneg = False
 
-    def neg(self, node, p, k, x):
-        return x @ p["W"].clamp(max=0).T
+    def abs(self, node, p, k, x):
+        return x @ _cached_abs(p, "W").T
 
     def adjoint(self, node, p, k, A):
         return A @ p["W"]
@@ -132,11 +138,10 @@ class Conv(LinearOp):
     def apply(self, node, p, k, x):
         return _conv(x, p["weight"], p)
 
-    def pos(self, node, p, k, x):
-        return _conv(x, p["weight"].clamp(min=0), p)
+    nonneg = False
 
-    def neg(self, node, p, k, x):
-        return _conv(x, p["weight"].clamp(max=0), p)
+    def abs(self, node, p, k, x):
+        return _conv(x, _cached_abs(p, "weight"), p)
 
     def adjoint(self, node, p, k, A):
         in_shape = node.in_shapes[0]
@@ -160,11 +165,10 @@ class ConvTranspose(LinearOp):
     def apply(self, node, p, k, x):
         return _conv_t(x, p["weight"], p)
 
-    def pos(self, node, p, k, x):
-        return _conv_t(x, p["weight"].clamp(min=0), p)
+    nonneg = False
 
-    def neg(self, node, p, k, x):
-        return _conv_t(x, p["weight"].clamp(max=0), p)
+    def abs(self, node, p, k, x):
+        return _conv_t(x, _cached_abs(p, "weight"), p)
 
     def adjoint(self, node, p, k, A):
         return _conv(A, p["weight"], p)
@@ -181,13 +185,11 @@ class ScaleShift(LinearOp):
         s = p.get("scale")
         return x if s is None else x * s
 
-    def pos(self, node, p, k, x):
-        s = p.get("scale")
-        return x if s is None else x * s.clamp(min=0)
+    nonneg = False
 
-    def neg(self, node, p, k, x):
+    def abs(self, node, p, k, x):
         s = p.get("scale")
-        return None if s is None else x * s.clamp(max=0)
+        return x if s is None else x * _cached_abs(p, "scale")
 
     def adjoint(self, node, p, k, A):
         return self.apply(node, p, k, A)
@@ -218,11 +220,10 @@ class Sub(LinearOp):
     def apply(self, node, p, k, x):
         return x if k == 0 else -x
 
-    def pos(self, node, p, k, x):
-        return x if k == 0 else torch.zeros_like(x)
+    nonneg = False
 
-    def neg(self, node, p, k, x):
-        return None if k == 0 else -x
+    def abs(self, node, p, k, x):
+        return x
 
     def adjoint(self, node, p, k, A):
         return A if k == 0 else -A

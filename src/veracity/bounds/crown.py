@@ -1,0 +1,210 @@
+"""CROWN: backward linear bound propagation.
+
+``backward`` bounds ``A0 · v`` from below for a node v by pushing the coefficients A (shape
+(B, S, *node_shape)) from v back to the input through every op: adjoints of linear ops, and for a
+nonlinear op the lower line where a coefficient is positive and the upper line where it is negative.
+Intermediate bounds (needed for the relaxations) come from the caller: CROWN itself (full CROWN, see
+:func:`crown_bounds`), IBP (CROWN-IBP) or LBP (CROWN-LBP).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from veracity.bounds import rules
+from veracity.bounds.ibp import Bounds, ibp
+from veracity.graph import ops
+from veracity.graph.ir import Graph, UnsupportedError
+
+# Rows of A processed at once are chosen so a coefficient tensor stays below this many elements.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def needs_bounds(graph: Graph) -> list[str]:
+    """Nodes whose bounds the relaxations need (inputs of nonlinear ops), in topological order."""
+    need = {i for n in graph.nodes.values() if not ops.OPS[n.op].linear and n.inputs for i in n.inputs}
+    return [k for k in graph.nodes if k in need]
+
+
+def _concretize(A: torch.Tensor, box: rules.Interval) -> torch.Tensor:
+    """min over the box of A·x, for A (B, S, *input_shape)."""
+    l, u = box
+    B, S = A.shape[:2]
+    A = A.reshape(B, S, -1)
+    c, r = ((u + l) / 2).reshape(B, -1, 1), ((u - l) / 2).reshape(B, -1, 1)
+    return (A @ c - A.abs() @ r).squeeze(-1)
+
+
+def _match(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Line coefficients are (B, *shape) or, when optimised per row, (B, S, *shape)."""
+    return t if t.dim() == a.dim() else t.unsqueeze(1)
+
+
+def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: str = "tight",
+             alphas: dict | None = None) -> torch.Tensor:
+    """Lower bounds (B, S) of ``A0 · start`` over the input box ``bounds[graph.input_name]``."""
+    B, S = A0.shape[:2]
+    dtype, device = A0.dtype, A0.device
+    names = list(graph.nodes)
+    A: dict[str, torch.Tensor] = {start: A0}
+    bias = torch.zeros(B, S, dtype=dtype, device=device)
+    lower = None
+
+    def push(name, a):
+        A[name] = a if name not in A else A[name] + a
+
+    for name in reversed(names[: names.index(start) + 1]):
+        a = A.pop(name, None)
+        if a is None:
+            continue
+        n = graph.nodes[name]
+        p = graph.params(n, dtype, device)
+        flat = (B * S, *n.shape)
+        if n.op == "input":
+            lower = _concretize(a, bounds[name])
+        elif n.op == "const":
+            bias = bias + (a * p["value"]).reshape(B, S, -1).sum(-1)
+        elif ops.OPS[n.op].linear:
+            op = ops.OPS[n.op]
+            for k, i in enumerate(n.inputs):
+                push(i, op.adjoint(n, p, k, a.reshape(flat)).reshape(B, S, *n.in_shapes[k]))
+            c = op.const(n, p)
+            if c is not None:
+                bias = bias + (a * c).reshape(B, S, -1).sum(-1)
+        elif n.op == "maxpool":
+            bias = bias + _maxpool_back(n, p, a, bounds[n.inputs[0]], push)
+        elif n.op in rules.ELEMENTWISE:
+            ins = [bounds[i] for i in n.inputs]
+            alpha = (alphas or {}).get(name)
+            if alpha is not None:
+                ins = [(l.unsqueeze(1), u.unsqueeze(1)) for l, u in ins]
+            nl = rules.lines_for(n, p, ins, lines, alpha)
+            ap, an = a.clamp(min=0), a.clamp(max=0)
+            for k, i in enumerate(n.inputs):
+                push(i, ap * _match(nl.lw[k], a) + an * _match(nl.uw[k], a))
+            bias = bias + (ap * _match(nl.lb, a) + an * _match(nl.ub, a)).reshape(B, S, -1).sum(-1)
+        else:
+            raise UnsupportedError(f"CROWN has no relaxation for op '{n.op}' ({n.origin or n.name})")
+    if lower is None:  # the node does not depend on the input
+        lower = torch.zeros_like(bias)
+    return lower + bias
+
+
+def _maxpool_back(n, p, a, box, push) -> torch.Tensor:
+    sel = rules.maxpool_select(n, p, *box)
+    B, S, C = a.shape[:3]
+    a = a.reshape(B, S, C, -1)
+    ap, an = a.clamp(min=0), a.clamp(max=0)
+    exact = sel.exact.unsqueeze(1)
+    coef = ap + torch.where(exact, an, torch.zeros_like(an))
+    H, W = n.in_shapes[0][1:]
+    out = a.new_zeros(B, S, C, H * W)
+    out.scatter_add_(3, sel.index.unsqueeze(1).expand(B, S, C, -1), coef)
+    push(n.inputs[0], out.reshape(B, S, C, H, W))
+    return torch.where(exact, torch.zeros_like(an), an * sel.umax.unsqueeze(1)).reshape(B, S, -1).sum(-1)
+
+
+def spec_bounds(graph: Graph, start: str, C: torch.Tensor, bounds: Bounds, lines: str = "tight",
+                alphas: dict | None = None) -> rules.Interval:
+    """Lower and upper bounds of ``C · start`` for C (B, S, *node_shape), in chunks of rows."""
+    B, S = C.shape[:2]
+    size = max(graph.nodes[k].size for k in graph.nodes)
+    step = max(1, CHUNK_ELEMENTS // max(1, 2 * B * size))
+    lo, hi = [], []
+    for s in range(0, S, step):
+        c = C[:, s : s + step]
+        r = backward(graph, start, torch.cat([c, -c], 1), bounds, lines, alphas)
+        k = c.shape[1]
+        lo.append(r[:, :k])
+        hi.append(-r[:, k:])
+    return torch.cat(lo, 1), torch.cat(hi, 1)
+
+
+MONOTONE = ("relu", "leaky_relu", "sigmoid", "tanh")
+_REINDEX = ("scale_shift", "reshape", "transpose", "pad", "gather")  # keep IBP exact (diagonal maps)
+
+
+def ibp_exact(graph: Graph) -> set[str]:
+    """Nodes that are an affine map of the input with at most one mixing op: there IBP equals CROWN."""
+    diag, exact = {graph.input_name}, {graph.input_name}
+    for n in graph.nodes.values():
+        if len(n.inputs) != 1 or not ops.OPS[n.op].linear:
+            continue
+        i = n.inputs[0]
+        if n.op in _REINDEX and i in diag:
+            diag.add(n.name)
+        if i in diag or (n.op in _REINDEX and i in exact):
+            exact.add(n.name)
+    return exact
+
+
+def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight",
+                rows: torch.Tensor | None = None) -> rules.Interval:
+    """Bounds of node ``name`` by backward passes from it: of the flat elements ``rows`` (default all)."""
+    n = graph.nodes[name]
+    l0 = bounds[graph.input_name][0]
+    B = l0.shape[0]
+    if rows is None:
+        rows = torch.arange(n.size, device=l0.device)
+    size = max(graph.nodes[k].size for k in graph.nodes)
+    step = max(1, CHUNK_ELEMENTS // max(1, 2 * B * size))
+    lo, hi = [], []
+    for s in range(0, rows.numel(), step):
+        idx = rows[s : s + step]
+        C = torch.zeros(B, idx.numel(), n.size, dtype=l0.dtype, device=l0.device)
+        C[:, torch.arange(idx.numel()), idx] = 1.0
+        C = C.reshape(B, idx.numel(), *n.shape)
+        r = backward(graph, name, torch.cat([C, -C], 1), bounds, lines)
+        lo.append(r[:, : idx.numel()])
+        hi.append(-r[:, idx.numel() :])
+    return torch.cat(lo, 1), torch.cat(hi, 1)
+
+
+def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight") -> Bounds:
+    """Full CROWN: bounds of every node a relaxation needs, each by its own backward pass.
+
+    Three shortcuts give the same relaxations at a fraction of the cost: nodes where IBP is exact keep
+    IBP's bounds; a monotone activation's output bounds are the activation of its input's bounds; and
+    when every consumer is a ReLU, only neurons that IBP leaves unstable need a backward pass.
+    """
+    bounds = ibp(graph, lower, upper)
+    exact = ibp_exact(graph)
+    need = set(needs_bounds(graph))
+    for name in reversed(list(graph.nodes)):  # a monotone node's input is needed too
+        if name in need and graph.nodes[name].op in MONOTONE:
+            need.add(graph.nodes[name].inputs[0])
+    consumers = graph.consumers()
+    for name, n in graph.nodes.items():
+        if name not in need or name in exact:
+            continue
+        if n.op in MONOTONE:
+            p = graph.params(n, lower.dtype, lower.device)
+            bounds[name] = rules.interval(n, p, [bounds[n.inputs[0]]])
+            continue
+        l, u = bounds[name]
+        B = l.shape[0]
+        rows = None
+        if all(graph.nodes[c].op in ("relu", "leaky_relu") for c in consumers[name]):
+            rows = ((l < 0) & (u > 0)).reshape(B, -1).any(0).nonzero().flatten()
+        lo, hi = node_bounds(graph, name, bounds, lines, rows)
+        if lines == "tight":  # intersect with IBP (never tighter for ReLU nets, often for S-shaped ones)
+            idx = slice(None) if rows is None else rows
+            lo = torch.maximum(lo, l.reshape(B, -1)[:, idx])
+            hi = torch.minimum(hi, u.reshape(B, -1)[:, idx])
+        if rows is None:
+            bounds[name] = lo.reshape(l.shape), hi.reshape(u.shape)
+        else:
+            l, u = l.reshape(B, -1).clone(), u.reshape(B, -1).clone()
+            l[:, rows], u[:, rows] = lo, hi
+            bounds[name] = l.reshape(B, *n.shape), u.reshape(B, *n.shape)
+    return bounds
+
+
+def crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, pre: Bounds | None = None,
+          lines: str = "tight") -> rules.Interval:
+    """Bounds of ``C · y`` (C of shape (B, S, n_outputs)); intermediate bounds from ``pre`` or full CROWN."""
+    bounds = dict(pre) if pre is not None else crown_bounds(graph, lower, upper, lines)
+    B = lower.shape[0]
+    bounds[graph.input_name] = (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))
+    out = graph.output
+    return spec_bounds(graph, out.name, C.reshape(B, C.shape[1], *out.shape), bounds, lines)
