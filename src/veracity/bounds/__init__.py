@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from veracity.bounds.alpha import alpha_crown
@@ -58,12 +59,12 @@ def bound_spec(graph: Graph, lower, upper, C=None, method: str = "crown", lines:
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    lower = torch.as_tensor(lower, dtype=dtype)
-    upper = torch.as_tensor(upper, dtype=dtype)
+    lower = torch.tensor(np.asarray(lower), dtype=dtype)
+    upper = torch.tensor(np.asarray(upper), dtype=dtype)
     B = lower.shape[0]
     if C is None:
         C = torch.eye(graph.n_outputs, dtype=dtype)
-    C = torch.as_tensor(C, dtype=dtype)
+    C = torch.tensor(np.asarray(C), dtype=dtype)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     with torch.no_grad() if method != "alpha" else torch.enable_grad():

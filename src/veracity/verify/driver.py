@@ -1,0 +1,111 @@
+"""The verification strategy: attack first, then bounds from cheap to expensive, until a verdict.
+
+A bad region ``A y <= b`` of a case is proven unreachable when some row has a lower bound of ``A_i y``
+above ``b_i`` over the case's box. The property is proven (``unsat``) when every region of every case is.
+Each method only sees the regions still open.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from veracity.bounds import bound_spec
+from veracity.graph.ir import Graph
+from veracity.spec.core import Spec
+from veracity.verify.attack import Checker, pgd_attack
+from veracity.verify.result import Result
+
+DEFAULT_METHODS = ("ibp", "crown", "alpha")
+
+
+class Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Raise Timeout in the main thread after ``seconds`` (elsewhere the caller checks deadlines)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Timeout()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def open_regions(graph: Graph, spec: Spec, method: str, open_: list[list[bool]], lines: str = "tight") -> None:
+    """Bound every still-open region with ``method``; mark the ones it proves unreachable (in place)."""
+    todo = [ci for ci, flags in enumerate(open_) if any(flags)]
+    if not todo:
+        return
+    rows = [np.concatenate([r.A for r, f in zip(spec.cases[ci].regions, open_[ci], strict=True) if f]) for ci in todo]
+    S = max(r.shape[0] for r in rows)
+    C = np.zeros((len(todo), S, spec.n_outputs))
+    for k, r in enumerate(rows):
+        C[k, : r.shape[0]] = r
+    lower = np.stack([spec.cases[ci].box.lower for ci in todo])
+    upper = np.stack([spec.cases[ci].box.upper for ci in todo])
+    lo, _ = bound_spec(graph, lower, upper, C, method=method, lines=lines)
+    lo = lo.detach().numpy()
+    for k, ci in enumerate(todo):
+        start = 0
+        for j, region in enumerate(spec.cases[ci].regions):
+            if not open_[ci][j]:
+                continue
+            m = region.A.shape[0]
+            if m and np.any(lo[k, start : start + m] > region.b):
+                open_[ci][j] = False
+            start += m
+
+
+def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
+           onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight") -> Result:
+    """Decide ``spec`` on ``graph``: sat (with a confirmed witness), unsat, unknown or timeout."""
+    if spec.n_inputs != graph.n_inputs or spec.n_outputs != graph.n_outputs:
+        raise ValueError(
+            f"the spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
+            f"the network {graph.n_inputs} and {graph.n_outputs}"
+        )
+    t0 = time.monotonic()
+    deadline = None if not timeout else t0 + timeout
+    log: list[str] = []
+
+    def done(status, method="", x=None, y=None, message=""):
+        return Result(status, method, time.monotonic() - t0, x, y, message, log)
+
+    if not spec.cases:
+        return done("unsat", "spec", message="no input satisfies the input constraints")
+    try:
+        with _time_limit(timeout), torch.no_grad():
+            if attack:
+                hit = pgd_attack(graph, spec, Checker(graph, spec, onnx_model), deadline=deadline)
+                log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
+                if hit is not None:
+                    return done("sat", "attack", *hit)
+            open_ = [[True] * len(c.regions) for c in spec.cases]
+            for method in methods:
+                open_regions(graph, spec, method, open_, lines)
+                n_open = sum(map(sum, open_))
+                log.append(f"{method}: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
+                if n_open == 0:
+                    return done("unsat", method)
+                if deadline is not None and time.monotonic() > deadline:
+                    return done("timeout")
+            return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
+    except Timeout:
+        return done("timeout")
