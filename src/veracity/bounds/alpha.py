@@ -47,16 +47,22 @@ def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch
         best = backward(graph, out.name, A0, bounds, lines, params)
     leaves = [t for d in params.values() for t in d.values()]
     if leaves and iters > 0:
-        opt = torch.optim.Adam(leaves, lr=lr)
-        for _ in range(iters):
-            opt.zero_grad()
+        # Adam ascent on the bound, projected to [0, 1] (hand-written: torch.optim's first use is slow)
+        m = [torch.zeros_like(t) for t in leaves]
+        v = [torch.zeros_like(t) for t in leaves]
+        b1, b2 = 0.9, 0.999
+        for it in range(1, iters + 1):
             val = backward(graph, out.name, A0, bounds, lines, params)
             best = torch.maximum(best, val.detach())
-            (-val.sum()).backward()
-            opt.step()
+            grads = torch.autograd.grad(val.sum(), leaves, allow_unused=True)
             with torch.no_grad():
-                for t in leaves:
-                    t.clamp_(0.0, 1.0)
+                for t, g, mt, vt in zip(leaves, grads, m, v, strict=True):
+                    if g is None:
+                        continue
+                    mt.mul_(b1).add_(g, alpha=1 - b1)
+                    vt.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    step = lr * (mt / (1 - b1**it)) / ((vt / (1 - b2**it)).sqrt() + 1e-8)
+                    t.add_(step).clamp_(0.0, 1.0)
         with torch.no_grad():
             best = torch.maximum(best, backward(graph, out.name, A0, bounds, lines, params))
     return best[:, :S], -best[:, S:]
