@@ -68,9 +68,11 @@ def bound(
     model: Annotated[Path, typer.Argument(help="ONNX network (.onnx or .onnx.gz)")],
     spec: Annotated[Path | None, typer.Argument(help="VNN-LIB property: its input boxes are bounded")] = None,
     method: Annotated[Method, typer.Option(help="bounding method")] = Method.crown,
-    lines: Annotated[Lines, typer.Option(help="ReLU lower lines: tight (never looser than IBP) or adaptive")] = Lines.tight,
-    lower: Annotated[float, typer.Option(help="without SPEC: every input's lower bound")] = 0.0,
-    upper: Annotated[float, typer.Option(help="without SPEC: every input's upper bound")] = 1.0,
+    lines: Annotated[
+        Lines, typer.Option(help="ReLU lower lines: tight (never looser than IBP) or adaptive")
+    ] = Lines.tight,
+    lower: Annotated[float, typer.Option(help="without SPEC: lower bound of every input")] = 0.0,
+    upper: Annotated[float, typer.Option(help="without SPEC: upper bound of every input")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ):
     """Bound the raw outputs Y_0..Y_{n-1} over each input box of SPEC (or over [lower, upper]^n)."""

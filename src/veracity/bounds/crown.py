@@ -41,14 +41,18 @@ def _match(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: str = "tight",
-             alphas: dict | None = None) -> torch.Tensor:
-    """Lower bounds (B, S) of ``A0 · start`` over the input box ``bounds[graph.input_name]``."""
+             alphas: dict | None = None, return_input_coeffs: bool = False):
+    """Lower bounds (B, S) of ``A0 · start`` over the input box ``bounds[graph.input_name]``.
+
+    With ``return_input_coeffs`` also the coefficients (B, S, n_inputs) of the final linear bound in x.
+    """
     B, S = A0.shape[:2]
     dtype, device = A0.dtype, A0.device
     names = list(graph.nodes)
     A: dict[str, torch.Tensor] = {start: A0}
     bias = torch.zeros(B, S, dtype=dtype, device=device)
     lower = None
+    coeffs = torch.zeros(B, S, graph.n_inputs, dtype=dtype, device=device)
 
     def push(name, a):
         A[name] = a if name not in A else A[name] + a
@@ -62,6 +66,7 @@ def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: 
         flat = (B * S, *n.shape)
         if n.op == "input":
             lower = _concretize(a, bounds[name])
+            coeffs = a.reshape(B, S, -1)
         elif n.op == "const":
             bias = bias + (a * p["value"]).reshape(B, S, -1).sum(-1)
         elif ops.OPS[n.op].linear:
@@ -87,7 +92,7 @@ def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: 
             raise UnsupportedError(f"CROWN has no relaxation for op '{n.op}' ({n.origin or n.name})")
     if lower is None:  # the node does not depend on the input
         lower = torch.zeros_like(bias)
-    return lower + bias
+    return (lower + bias, coeffs) if return_input_coeffs else lower + bias
 
 
 def _maxpool_back(n, p, a, box, push) -> torch.Tensor:

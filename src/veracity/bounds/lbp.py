@@ -141,7 +141,8 @@ def lbp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: st
     return lbp_forward(graph, lower, upper, lines)[1]
 
 
-def lbp(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, lines: str = "tight") -> rules.Interval:
+def lbp(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
+        lines: str = "tight") -> rules.Interval:
     """Bounds of ``C · y`` (C of shape (B, S, n_outputs)) from the output's forward linear bounds."""
     f, _ = lbp_forward(graph, lower, upper, lines)
     B, n_in = lower.shape[0], graph.n_inputs

@@ -79,16 +79,23 @@ def _f64(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float64))
 
 
-class _Importer:
-    def __init__(self, model: onnx.ModelProto, source: str):
-        self.model, self.source = model, source
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.env: dict[str, object] = {}  # ONNX value name -> np.ndarray (constant) or _Var
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class GraphBuilder:
+    """Builds IR nodes for an importer (ONNX, torch.fx): naming, shapes by evaluation, and the exact
+    multi-node expansions (broadcasting, Clip, BatchNorm, padded pooling, ...) that both importers share.
+
+    Values are ``_Var`` (depends on the network input) or ``np.ndarray`` (constant, of the *batched* shape
+    where that matters: a constant broadcasts against ``(1, *shape)`` of a variable)."""
+
+    def __init__(self, source: str):
+        self.source = source
         self.nodes: list[Node] = []
         self.names: set[str] = set()
         self.origin = ""
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- basics ----------------------------------------------------------------------------------
     def fail(self, msg: str):
         raise UnsupportedError(f"{self.source}: {self.origin}: {msg}")
 
@@ -98,6 +105,16 @@ class _Importer:
             name, i = f"{base}#{i}", i + 1
         self.names.add(name)
         return name
+
+    def input(self, name: str, shape, origin: str) -> _Var:
+        name = self.fresh(name)
+        self.nodes.append(Node(name, "input", (), tuple(int(d) for d in shape), {}, origin))
+        return _Var(name, shape)
+
+    def graph(self, inp: _Var, out) -> Graph:
+        if not isinstance(out, _Var):
+            raise UnsupportedError(f"{self.source}: the output does not depend on the input")
+        return Graph(self.nodes, inp.name, out.name)
 
     def add(self, op: str, inputs, params=None, base: str = "v") -> _Var:
         """Append an IR node; its shape comes from evaluating it once on zeros."""
@@ -111,7 +128,7 @@ class _Importer:
             xs = [torch.zeros(1, *v.shape, dtype=torch.float64) for v in ins]
             try:
                 y = ops.OPS[op].forward(node, params, *xs)
-            except RuntimeError as e:
+            except (RuntimeError, ValueError, IndexError) as e:
                 self.fail(f"cannot evaluate as {op}: {e}")
             node.shape = tuple(y.shape[1:])
         self.nodes.append(node)
@@ -123,23 +140,20 @@ class _Importer:
         a = np.asarray(v, dtype=np.float64)
         return self.add("const", [], {"value": _f64(a)}, "const")
 
-    def const(self, name: str, what: str = "this input") -> np.ndarray:
-        v = self.env.get(name)
-        if not isinstance(v, np.ndarray):
-            self.fail(f"{what} ('{name}') must be a constant")
-        return v
-
     def axis(self, a: int, rank: int) -> int:
-        """Normalise an ONNX axis (of the full, batched tensor) to a per-sample axis."""
+        """Normalise an axis of the full, batched tensor to a per-sample axis."""
         a = a + rank if a < 0 else a
         if a == 0:
             self.fail("operating along the batch dimension (axis 0) is not supported")
+        if not 0 < a < rank:
+            self.fail(f"axis {a} out of range for rank {rank}")
         return a - 1
 
     def per_sample_const(self, c: np.ndarray, shape) -> np.ndarray:
         """A constant broadcast against a batched tensor of per-sample ``shape``, without the batch axis."""
+        c = np.asarray(c, dtype=np.float64)
         full = np.broadcast_shapes(c.shape, (1, *shape))
-        if full[0] != 1:
+        if full[0] != 1 or len(full) != len(shape) + 1:
             self.fail(f"a constant of shape {c.shape} would broadcast over the batch dimension")
         return np.ascontiguousarray(np.broadcast_to(c, full)[0], dtype=np.float64)
 
@@ -157,11 +171,230 @@ class _Importer:
                 v = self.add("gather", [v], {"axis": ax, "index": torch.zeros(b, dtype=torch.long)}, "expand")
         return v
 
-    def gather_range(self, v: _Var, axis: int, idx) -> _Var:
-        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    def gather_range(self, v: _Var, axis: int, idx, base: str = "gather") -> _Var:
+        idx = np.array(idx, dtype=np.int64).reshape(-1)  # a copy: slices may have negative strides
         if idx.size == v.shape[axis] and np.array_equal(idx, np.arange(v.shape[axis])):
             return v
-        return self.add("gather", [v], {"axis": axis, "index": torch.from_numpy(idx)}, "gather")
+        return self.add("gather", [v], {"axis": axis, "index": torch.from_numpy(idx)}, base)
+
+    def reshape(self, x: _Var, full, base) -> _Var:
+        """Reshape to the batched shape ``full`` (its first entry must be 1, the batch)."""
+        full = tuple(int(d) for d in full)
+        if len(full) == 0 or full[0] != 1 or math.prod(full) != math.prod(x.full):
+            self.fail(f"reshape of {x.full} to {full} would mix the batch dimension")
+        if full[1:] == x.shape:
+            return x
+        return self.add("reshape", [x], {"shape": full[1:]}, base)
+
+    def transpose(self, x: _Var, perm, base) -> _Var:
+        """Permute the axes of the batched value by ``perm`` (which must keep axis 0 first)."""
+        perm = [int(p) % len(x.full) for p in perm]
+        if sorted(perm) != list(range(len(x.full))):
+            self.fail(f"{perm} is not a permutation of the {len(x.full)} axes")
+        if perm[0] != 0:
+            self.fail(f"permutation {perm} moves the batch dimension")
+        if perm == sorted(perm):
+            return x
+        return self.add("transpose", [x], {"perm": [p - 1 for p in perm[1:]]}, base)
+
+    # -- element-wise ------------------------------------------------------------------------------
+    def scale_shift(self, x: _Var, scale, shift, base) -> _Var:
+        p = {}
+        if scale is not None:
+            p["scale"] = _f64(self.per_sample_const(scale, x.shape))
+        if shift is not None:
+            p["shift"] = _f64(self.per_sample_const(shift, x.shape))
+        return self.add("scale_shift", [x], p, base)
+
+    def binary(self, kind: str, xa, xb, base) -> _Var:
+        """``xa (+ - * /) xb`` with numpy broadcasting; either may be a constant, not both."""
+        if isinstance(xa, _Var) and isinstance(xb, _Var):
+            shape = np.broadcast_shapes(xa.full, xb.full)
+            if shape[0] != 1:
+                self.fail("broadcasting over the batch dimension")
+            xa, xb = self.expand(xa, shape[1:]), self.expand(xb, shape[1:])
+            return self.add(kind, [xa, xb], base=base)
+        swapped = not isinstance(xa, _Var)
+        x, c = (xb, xa) if swapped else (xa, xb)
+        c = np.asarray(c, dtype=np.float64)
+        shape = np.broadcast_shapes(x.full, c.shape)
+        if shape[0] != 1:
+            self.fail(f"a constant of shape {c.shape} would broadcast over the batch dimension")
+        x = self.expand(x, shape[1:])
+        if kind == "add":
+            return self.scale_shift(x, None, c, base)
+        if kind == "sub":
+            return self.scale_shift(x, -1.0, c, base) if swapped else self.scale_shift(x, None, -c, base)
+        if kind == "mul":
+            return self.scale_shift(x, c, None, base)
+        if swapped:
+            self.fail("dividing a constant by a network value is not supported")
+        return self.scale_shift(x, 1.0 / c, None, base)
+
+    def clip(self, x: _Var, lo, hi, base) -> _Var:
+        """``min(max(x, lo), hi)`` as affine maps around ReLUs (exact).
+
+        Bounds that are infinite or beyond the float32 range (exporters' stand-ins for "none") are dropped:
+        ``lo + relu(x - lo)`` would cancel catastrophically for them."""
+        lo = None if lo is None or not abs(float(lo)) < FLOAT32_MAX else float(lo)
+        hi = None if hi is None or not abs(float(hi)) < FLOAT32_MAX else float(hi)
+        # max(x, lo) = lo + relu(x - lo);  min(z, hi) = hi - relu(hi - z)   (lo > hi gives hi, as ONNX does)
+        if lo is not None:
+            r = self.add("relu", [self.scale_shift(x, None, -lo, base)], base=base)
+            x = self.scale_shift(r, None, lo, base)
+        if hi is not None:
+            r = self.add("relu", [self.scale_shift(x, -1.0, hi, base)], base=base)
+            x = self.scale_shift(r, -1.0, hi, base)
+        return x
+
+    def batchnorm(self, x: _Var, gamma, beta, mean, var, eps: float, base) -> _Var:
+        """Inference-mode batch normalisation over axis 1 of the batched value."""
+        if len(x.shape) < 1:
+            self.fail("batch normalisation needs a channel axis")
+        scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+        shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+        bshape = (1, -1) + (1,) * (len(x.shape) - 1)
+        return self.scale_shift(x, scale.reshape(bshape), shift.reshape(bshape), base)
+
+    # -- matrix products ---------------------------------------------------------------------------
+    def linear(self, x: _Var, W, b, base) -> _Var:
+        """``x @ W.T + b`` over the last axis; W (m, n)."""
+        p = {"W": _f64(W)}
+        if b is not None:
+            p["b"] = _f64(np.broadcast_to(np.asarray(b, np.float64), (W.shape[0],)))
+        return self.add("linear", [x], p, base)
+
+    def concat(self, vals, axis: int, base) -> _Var:
+        """Concatenation along batched ``axis`` of variables and constants (constants with batch size 1)."""
+        ref = next(v for v in vals if isinstance(v, _Var))
+        ax = self.axis(axis, len(ref.full))
+        ins = []
+        for v in vals:
+            if isinstance(v, _Var):
+                ins.append(v)
+            else:
+                v = np.asarray(v)
+                if v.ndim != len(ref.full) or v.shape[0] != 1:
+                    self.fail(f"concatenating a constant of shape {v.shape} with a batched value")
+                if v.shape[ax + 1] > 0:
+                    ins.append(v[0])
+        if len(ins) == 1:
+            return ins[0]
+        return self.add("concat", ins, {"axis": ax}, base)
+
+    # -- convolutions and pooling ------------------------------------------------------------------
+    def pad(self, x: _Var, pads_b, pads_e, value: float, base) -> _Var:
+        """Constant padding of the trailing ``len(pads_b)`` axes (negative pads crop)."""
+        nd = len(pads_b)
+        lead = len(x.shape) - nd
+        for d, (b, e) in enumerate(zip(pads_b, pads_e, strict=True)):
+            if b < 0 or e < 0:
+                n = x.shape[lead + d]
+                x = self.gather_range(x, lead + d, np.arange(n)[max(-b, 0) : n - max(-e, 0)], base)
+        pp = [(0, 0)] * lead + [(max(b, 0), max(e, 0)) for b, e in zip(pads_b, pads_e, strict=True)]
+        if not any(b or e for b, e in pp):
+            return x
+        y = self.add("pad", [x], {"pads": pp}, base)
+        if value != 0.0:
+            mask = 1.0 - ops.OPS["pad"].apply(None, {"pads": pp}, 0, torch.ones(1, *x.shape, dtype=torch.float64))
+            y = self.scale_shift(y, None, (value * mask).numpy(), base)
+        return y
+
+    def conv(self, x: _Var, w, b, strides, pads_b, pads_e, dil, groups: int, base) -> _Var:
+        w = np.asarray(w, np.float64)
+        nd = w.ndim - 2
+        if nd not in (1, 2, 3) or len(x.shape) != nd + 1:
+            self.fail(f"convolution with weight {w.shape} on per-sample input {x.shape}")
+        if list(pads_b) != list(pads_e):  # asymmetric padding becomes an explicit pad node
+            x = self.pad(x, pads_b, pads_e, 0.0, base)
+            pads_b = [0] * nd
+        if any(p < 0 for p in pads_b):
+            self.fail(f"negative convolution padding {list(pads_b)}")
+        p = {
+            "weight": _f64(w),
+            "stride": [int(s) for s in strides],
+            "padding": [int(s) for s in pads_b],
+            "dilation": [int(s) for s in dil],
+            "groups": int(groups),
+        }
+        if b is not None:
+            p["bias"] = _f64(b)
+        return self.add("conv", [x], p, base)
+
+    def conv_transpose(self, x: _Var, w, b, strides, pads_b, pads_e, out_pad, dil, groups: int, base) -> _Var:
+        """Transposed convolution; asymmetric pads crop the symmetric result (exact)."""
+        w = np.asarray(w, np.float64)
+        nd = w.ndim - 2
+        if nd not in (1, 2, 3) or len(x.shape) != nd + 1:
+            self.fail(f"transposed convolution with weight {w.shape} on per-sample input {x.shape}")
+        sym = [min(a, e) for a, e in zip(pads_b, pads_e, strict=True)]
+        p = {
+            "weight": _f64(w),
+            "stride": [int(s) for s in strides],
+            "padding": [int(s) for s in sym],
+            "output_padding": [int(s) for s in out_pad],
+            "dilation": [int(s) for s in dil],
+            "groups": int(groups),
+        }
+        if b is not None:
+            p["bias"] = _f64(b)
+        y = self.add("conv_transpose", [x], p, base)
+        extra_b = [a - s for a, s in zip(pads_b, sym, strict=True)]
+        extra_e = [e - s for e, s in zip(pads_e, sym, strict=True)]
+        if any(extra_b) or any(extra_e):
+            y = self.pad(y, [-t for t in extra_b], [-t for t in extra_e], 0.0, base)
+        return y
+
+    def maxpool(self, x: _Var, kernel, strides, pads_b, pads_e, dil, base) -> _Var:
+        if list(pads_b) != list(pads_e):
+            self.fail(f"max pooling with asymmetric pads {list(pads_b) + list(pads_e)} is not supported")
+        p = {
+            "kernel": [int(k) for k in kernel],
+            "stride": [int(s) for s in strides],
+            "padding": [int(s) for s in pads_b],
+            "dilation": [int(s) for s in dil],
+            "ceil_mode": False,
+        }
+        return self.add("maxpool", [x], p, base)
+
+    def avgpool(self, x: _Var, kernel, strides, pads_b, pads_e, count_include_pad: bool, base) -> _Var:
+        """Average pooling: explicit zero padding, an unpadded average, and for ``count_include_pad=False``
+        a rescaling of each window by kernel size / number of real (unpadded) entries."""
+        kernel, strides = [int(k) for k in kernel], [int(s) for s in strides]
+        padded = any(pads_b) or any(pads_e)
+        y = self.pad(x, pads_b, pads_e, 0.0, base) if padded else x
+        y = self.add("avgpool", [y], {"kernel": kernel, "stride": strides}, base)
+        if padded and not count_include_pad:
+            ones = torch.ones(1, *x.shape, dtype=torch.float64)
+            lead = len(x.shape) - len(kernel)
+            pp = [(0, 0)] * lead + list(zip(pads_b, pads_e, strict=True))
+            frac = ops.OPS["avgpool"].apply(
+                None, {"kernel": kernel, "stride": strides}, 0, ops.OPS["pad"].apply(None, {"pads": pp}, 0, ones)
+            )
+            y = self.scale_shift(y, (1.0 / frac).numpy(), None, base)
+        return y
+
+    def reduce_sum(self, x: _Var, axes, keepdims: bool, mean: bool, base) -> _Var:
+        """Sum (or mean) over per-sample ``axes``."""
+        axes = sorted(set(axes))
+        y = self.add("reduce_sum", [x], {"axes": axes, "keepdims": bool(keepdims)}, base)
+        if mean:
+            y = self.scale_shift(y, 1.0 / math.prod(x.shape[t] for t in axes), None, base)
+        return y
+
+
+class _Importer(GraphBuilder):
+    def __init__(self, model: onnx.ModelProto, source: str):
+        super().__init__(source)
+        self.model = model
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.env: dict[str, object] = {}  # ONNX value name -> np.ndarray (constant) or _Var
+
+    def const(self, name: str, what: str = "this input") -> np.ndarray:
+        v = self.env.get(name)
+        if not isinstance(v, np.ndarray):
+            self.fail(f"{what} ('{name}') must be a constant")
+        return v
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> Graph:

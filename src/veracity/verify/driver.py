@@ -20,9 +20,11 @@ from veracity.bounds import bound_spec
 from veracity.graph.ir import Graph
 from veracity.spec.core import Spec
 from veracity.verify.attack import Checker, pgd_attack
+from veracity.verify.bab import input_split
 from veracity.verify.result import Result
 
 DEFAULT_METHODS = ("ibp", "crown", "alpha")
+INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
 
 
 class Timeout(Exception):
@@ -74,7 +76,7 @@ def open_regions(graph: Graph, spec: Spec, method: str, open_: list[list[bool]],
 
 
 def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
-           onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight") -> Result:
+           onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight", branch: bool = True) -> Result:
     """Decide ``spec`` on ``graph``: sat (with a confirmed witness), unsat, unknown or timeout."""
     if spec.n_inputs != graph.n_inputs or spec.n_outputs != graph.n_outputs:
         raise ValueError(
@@ -88,12 +90,13 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
     def done(status, method="", x=None, y=None, message=""):
         return Result(status, method, time.monotonic() - t0, x, y, message, log)
 
+    checker = Checker(graph, spec, onnx_model)
     if not spec.cases:
         return done("unsat", "spec", message="no input satisfies the input constraints")
     try:
         with _time_limit(timeout), torch.no_grad():
             if attack:
-                hit = pgd_attack(graph, spec, Checker(graph, spec, onnx_model), deadline=deadline)
+                hit = pgd_attack(graph, spec, checker, deadline=deadline)
                 log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
                 if hit is not None:
                     return done("sat", "attack", *hit)
@@ -106,6 +109,13 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", method)
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
+            if branch and graph.n_inputs <= INPUT_SPLIT_MAX_DIM:
+                r = input_split(graph, spec, checker, open_, deadline=deadline, lines=lines)
+                log.append(f"input split: {r.status} after {r.boxes} boxes ({time.monotonic() - t0:.2f}s)")
+                if r.status == "sat":
+                    return done("sat", "input-split", *r.witness)
+                if r.status in ("unsat", "timeout"):
+                    return done(r.status, "input-split" if r.status == "unsat" else "")
             return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
     except Timeout:
         return done("timeout")

@@ -1,9 +1,10 @@
-"""How many instances of a VNN-COMP benchmark `veracity verify` decides without branching, and how fast.
+"""How many instances of a VNN-COMP benchmark `veracity verify` decides, and how fast.
 
-Runs attack → IBP → CROWN → α-CROWN on every instance of BENCH_DIR/instances.csv (one process, sequential),
+Runs attack → IBP → CROWN → α-CROWN (→ input splitting unless --no-branch) on every instance of
+BENCH_DIR/instances.csv (one process, sequential),
 compares each verdict with BENCH_DIR/expected.csv and prints counts, contradictions and total time.
 
-    python bench/verify_nobranch.py ../shared/benchmarks/acasxu [--timeout-scale 1.0] [--limit N]
+    python bench/vnncomp.py ../shared/benchmarks/acasxu [--timeout-scale 1.0] [--limit N] [--no-branch]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("bench", type=Path)
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--no-branch", action="store_true", help="attack and bounds only (no input splitting)")
     args = ap.parse_args()
     expected = {}
     exp_file = args.bench / "expected.csv"
@@ -45,7 +47,8 @@ def main():
             graphs[onnx_rel] = (load_onnx(path), gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
         graph, model = graphs[onnx_rel]
         spec = load_vnnlib(args.bench / vnn_rel)
-        res = verify(graph, spec, timeout=float(timeout) * args.timeout_scale, onnx_model=model)
+        res = verify(graph, spec, timeout=float(timeout) * args.timeout_scale, onnx_model=model,
+                     branch=not args.no_branch)
         counts[res.status] = counts.get(res.status, 0) + 1
         exp = expected.get((onnx_rel, vnn_rel), "unknown")
         if {res.status, exp} == {"sat", "unsat"}:
@@ -59,7 +62,7 @@ def main():
           f"total {total:.1f} s")
     for c in contradictions:
         print("CONTRADICTION", *c)
-    print(f"rerun: python bench/verify_nobranch.py {args.bench}")
+    print(f"rerun: python bench/vnncomp.py {args.bench}")
 
 
 if __name__ == "__main__":
