@@ -6,8 +6,11 @@ checkout's ``src`` first on PYTHONPATH); auto_LiRPA runs in this one, on a torch
 hand from the ONNX file (Sub/Div/Flatten/MatMul/Add/Gemm/Conv/Relu), which is checked against
 veracity's own forward pass at the box centre before bounding.
 
-The reference needs its own virtual environment (auto_LiRPA 0.3 pins torch<1.13; it runs on torch
-2.13 with two small patches to its ``parse_graph.py``, applied by the last step below):
+The reference needs its own virtual environment. auto_LiRPA 0.3 (PyPI, 2022) pins torch<1.13 and
+numpy<2-era APIs; installed with --no-deps it runs on torch 2.13 after three small patches (its
+``parse_graph.py`` imports the TorchScript ONNX exporter's helpers from their new place and reads node
+attributes with ``_node_get``; ``BoundedModule._named_members`` accepts torch's new keyword), which
+the last step below applies to the installed copy:
 
     python -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.13.0 "numpy<2" onnx
@@ -21,12 +24,23 @@ Then, from the repository root (``shared/`` beside it, as in every clone of this
 
 Options: ``--python`` names the interpreter with veracity's dependencies (default: the first
 ``python3``/``python`` on PATH outside this venv), ``--benchmarks`` the benchmarks folder (default
-``../shared/benchmarks``), ``--float32`` runs both sides in float32, ``--json FILE`` also writes the
-raw numbers.
+``../shared/benchmarks``), ``--float32`` runs both sides in float32, ``--only LABEL...`` runs some
+networks, ``--json FILE`` also writes the raw numbers, ``--sparse-always`` sets auto_LiRPA's
+``minimum_sparsity=1`` (see below).
 
-Columns: ``dlo``/``dhi`` are max over outputs of |ours - ref| / max(1, |ref|) for the lower/upper
-bounds; ``w`` are mean widths (upper - lower) over the outputs. veracity's reported bounds are
-widened by 1e-9 relative for rounding, so differences of that size are expected.
+Columns: ``fwd`` is the largest |torch - veracity| output at the box centre (checks the conversion);
+``dlo``/``dhi`` are max over outputs of |ours - ref| / max(1, |ref|) for the lower/upper bounds;
+``w`` are mean widths (upper - lower) over the outputs. veracity's reported bounds are widened by
+1e-9 relative for rounding (bounds.ROUNDING_MARGIN), so 1e-9..2e-9 means agreement to rounding.
+
+Known, explained differences (CROWN, lines="adaptive"): auto_LiRPA 0.3's intermediate bounds differ
+from veracity's ``crown_bounds`` in two choices, both in ``compute_intermediate_bounds``
+(bound_general.py) and ``get_sparse_C`` (backward_bound.py). (1) Which neurons get a CROWN pass, and
+the bounds the others keep, come from IBP taken one step from the already-refined bounds of the
+layer's inputs (``IBP_general``), not from IBP over the whole network from the input box. (2) When
+more than ``minimum_sparsity`` (0.9) of a layer is unstable by that reference, every neuron of it
+gets a CROWN pass and the reference is dropped. (1) makes the reference tighter on some instances,
+(2) makes it looser; ``--sparse-always`` turns (2) off.
 """
 
 from __future__ import annotations
@@ -145,56 +159,86 @@ def onnx_to_torch(model, dtype):
     init_names = {i.name for i in g.initializer}
     input_name = next(i.name for i in g.input if i.name not in init_names)
 
+    # Peephole: MatMul by a constant followed by Add of a constant -> one nn.functional.linear.
+    consumers = {}
+    for node in nodes:
+        for i in node[1]:
+            consumers.setdefault(i, []).append(node)
+    fused, skip = [], set()
+    for node in nodes:
+        op, ins, outs, a = node
+        if id(node) in skip:
+            continue
+        if op == "MatMul" and ins[1] in consts:
+            W = consts[ins[1]].T
+            nxt = consumers.get(outs[0], [])
+            if len(nxt) == 1 and nxt[0][0] == "Add" and nxt[0][1][1] in consts:
+                fused.append(("Linear", [ins[0]], nxt[0][2], {"W": W, "b": consts[nxt[0][1][1]]}))
+                skip.add(id(nxt[0]))
+            else:
+                fused.append(("Linear", [ins[0]], outs, {"W": W, "b": None}))
+        elif op == "Gemm" and ins[1] in consts and not a.get("transA", 0):
+            W = consts[ins[1]] if a.get("transB", 0) else consts[ins[1]].T
+            b = consts[ins[2]] * a.get("beta", 1.0) if len(ins) > 2 and ins[2] else None
+            fused.append(("Linear", [ins[0]], outs, {"W": W * a.get("alpha", 1.0), "b": b}))
+        elif op == "Conv":
+            a = dict(a, W=consts[ins[1]], b=consts[ins[2]] if len(ins) > 2 else None)
+            fused.append(("Conv", [ins[0]], outs, a))
+        elif op in ("Sub", "Div", "Add", "Mul") and ins[1] in consts:
+            fused.append((op, [ins[0]], outs, {"c": consts[ins[1]]}))
+        else:
+            fused.append(node)
+
+    def tensor(v):
+        return torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype)
+
     class OnnxNet(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.names = {}
-            for k, (name, v) in enumerate(consts.items()):
-                attr = f"c{k}"
-                t = torch.tensor(np.asarray(v, dtype=np.float64), dtype=dtype)
-                # Parameters, not buffers: auto_LiRPA reads its dtype from list(self.parameters())[0].
-                setattr(self, attr, torch.nn.Parameter(t, requires_grad=False))
-                self.names[name] = attr
+            self.steps = []
+            for k, (op, ins, outs, a) in enumerate(fused):
+                a = dict(a)
+                for key in ("W", "b"):  # weights as Parameters: auto_LiRPA reads its dtype from them
+                    if a.get(key) is not None:
+                        setattr(self, f"{key}{k}", torch.nn.Parameter(tensor(a[key]), requires_grad=False))
+                        a[key] = f"{key}{k}"
+                if "c" in a:  # normalisation constants as plain tensors: traced as ONNX Constants
+                    a["c"] = tensor(a["c"])
+                self.steps.append((op, ins, outs, a))
+            # auto_LiRPA 0.3's broadcast_backward mishandles constants of lower rank than the data
+            # (scalars) or with a leading batch dimension: give every constant the shape of one data item.
+            dims = next(i for i in g.input if i.name == input_name).type.tensor_type.shape.dim
+            shape = [d.dim_value or 1 for d in dims]
+            self.forward(torch.zeros(shape, dtype=dtype), record=True)
 
-        def forward(self, x):
+        def forward(self, x, record=False):
             env = {input_name: x}
-
-            def get(name):
-                return env[name] if name in env else getattr(self, self.names[name])
-
-            for op, ins, outs, a in nodes:
-                v = [get(i) for i in ins if i]
-                if op == "Sub":
-                    y = v[0] - v[1]
-                elif op == "Div":
-                    y = v[0] / v[1]
-                elif op == "Add":
-                    y = v[0] + v[1]
-                elif op == "Mul":
-                    y = v[0] * v[1]
-                elif op == "MatMul":
-                    y = v[0].matmul(v[1])
-                elif op == "Relu":
-                    y = torch.relu(v[0])
-                elif op == "Flatten":
-                    y = v[0].reshape(v[0].shape[0], -1) if a.get("axis", 1) == 1 else None
-                elif op == "Reshape":
-                    y = v[0].reshape([int(s) for s in v[1].tolist()])
-                elif op == "Gemm":
-                    A = v[0].t() if a.get("transA", 0) else v[0]
-                    W = v[1].t() if a.get("transB", 0) else v[1]
-                    y = a.get("alpha", 1.0) * A.matmul(W)
-                    if len(v) > 2:
-                        y = y + a.get("beta", 1.0) * v[2]
+            for op, ins, outs, a in self.steps:
+                v = [env[i] for i in ins if i]
+                if record and "c" in a:
+                    a["c"] = (a["c"] + torch.zeros_like(v[0])).reshape(v[0].shape[1:]).contiguous()
+                W = getattr(self, a["W"]) if a.get("W") else None
+                b = getattr(self, a["b"]) if a.get("b") else None
+                if op == "Linear":
+                    y = torch.nn.functional.linear(v[0], W, b)
                 elif op == "Conv":
                     pads = a.get("pads", [0, 0, 0, 0])
                     assert pads[:2] == pads[2:], "asymmetric padding"
-                    y = torch.nn.functional.conv2d(
-                        v[0], v[1], v[2] if len(v) > 2 else None, stride=a.get("strides", 1),
-                        padding=pads[:2], dilation=a.get("dilations", 1), groups=a.get("group", 1))
+                    y = torch.nn.functional.conv2d(v[0], W, b, stride=a.get("strides", 1), padding=pads[:2],
+                                                   dilation=a.get("dilations", 1), groups=a.get("group", 1))
+                elif op == "Sub":
+                    y = v[0] - a["c"]
+                elif op == "Div":
+                    y = v[0] / a["c"]
+                elif op == "Add":
+                    y = v[0] + a["c"]
+                elif op == "Mul":
+                    y = v[0] * a["c"]
+                elif op == "Relu":
+                    y = torch.relu(v[0])
+                elif op == "Flatten" and a.get("axis", 1) == 1:
+                    y = torch.flatten(v[0], 1)
                 else:
-                    y = None
-                if y is None:
                     raise NotImplementedError(f"ONNX op {op} {a} not supported by this converter")
                 env[outs[0]] = y
             return env[g.output[0].name]
@@ -247,7 +291,7 @@ def patch_auto_lirpa() -> None:
     print(f"patched {p}")
 
 
-def reference_bounds(onnx_path: Path, r: dict, dtype_name: str) -> dict:
+def reference_bounds(onnx_path: Path, r: dict, dtype_name: str, bound_opts: dict | None = None) -> dict:
     import warnings
 
     import numpy as np
@@ -266,14 +310,17 @@ def reference_bounds(onnx_path: Path, r: dict, dtype_name: str) -> dict:
     with torch.no_grad():
         y0 = net(x0).reshape(-1).double().numpy()
     fwd_err = float(np.max(np.abs(y0 - np.asarray(r["y_centre"]))))
-    bm = BoundedModule(net, x0, device="cpu", verbose=False)
+    bm = BoundedModule(net, x0, bound_opts=bound_opts, device="cpu", verbose=False)
     if dtype == torch.float64:
         bm = bm.double()
     out = {"forward_max_abs_diff": fwd_err}
     for method, key in (("CROWN", "crown"), ("IBP", "ibp")):
         bx = BoundedTensor(x0, PerturbationLpNorm(norm=float("inf"), x_L=xl, x_U=xu))
+        # C=None means identity, but auto_LiRPA 0.3 builds that identity in float32 (bound_general.py,
+        # compute_bounds), which breaks a float64 run when the output node is a ReLU: pass it explicitly.
+        C = torch.eye(len(r["y_centre"]), dtype=dtype)[None] if method == "CROWN" else None
         with torch.no_grad():
-            l, u = bm.compute_bounds(x=(bx,), method=method)
+            l, u = bm.compute_bounds(x=(bx,), C=C, method=method)
         out[key] = {"lower": l.reshape(-1).double().tolist(), "upper": u.reshape(-1).double().tolist()}
     return out
 
@@ -297,18 +344,25 @@ def main() -> None:
     ap.add_argument("--benchmarks", type=Path, default=None)
     ap.add_argument("--float32", action="store_true", help="bound in float32 on both sides")
     ap.add_argument("--json", type=Path, default=None, help="also write all numbers to this file")
+    ap.add_argument("--sparse-always", action="store_true",
+                    help="auto_LiRPA bound_opts minimum_sparsity=1: CROWN only on IBP-unstable neurons, always")
     ap.add_argument("--only", nargs="*", default=None, help="labels of the networks to run")
     ap.add_argument("--patch-auto-lirpa", action="store_true", help="patch auto_LiRPA for torch>=2.9, exit")
     args = ap.parse_args()
     if args.patch_auto_lirpa:
         patch_auto_lirpa()
         return
+    try:
+        import auto_LiRPA  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"auto_LiRPA cannot be imported in {sys.executable} ({e}): see the steps at the top of {__file__}")
     bench = args.benchmarks or default_benchmarks()
     dtype = "float32" if args.float32 else "float64"
     nets = [n for n in NETWORKS if not args.only or n[0] in args.only]
     inst = [(str(bench / d / o), str(bench / d / v)) for _, d, o, v in nets]
     python = args.python or default_python()
-    print(f"veracity: {python} (PYTHONPATH={REPO / 'src'}); auto_LiRPA: {sys.executable}; {dtype}")
+    print(f"veracity: {python} (PYTHONPATH={REPO / 'src'}); auto_LiRPA: {sys.executable}; {dtype}"
+          + ("; auto_LiRPA minimum_sparsity=1" if args.sparse_always else ""))
     ours = run_veracity(python, inst, dtype)
 
     head = (f"{'network':<16} {'fwd':>8} | {'CROWN dlo':>9} {'dhi':>9} {'w ours':>10} {'w ref':>10} | "
@@ -316,8 +370,8 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     rows = []
-    for (label, d, o, _), r in zip(nets, ours):
-        ref = reference_bounds(bench / d / o, r, dtype)
+    for (label, d, o, _), r in zip(nets, ours, strict=True):
+        ref = reference_bounds(bench / d / o, r, dtype, {"minimum_sparsity": 1.0} if args.sparse_always else None)
         row = {"network": label, "forward_max_abs_diff": ref["forward_max_abs_diff"]}
         cells = []
         for key in ("crown", "ibp"):

@@ -163,16 +163,17 @@ def _conv(spec: NetSpec) -> Graph:
             y2 = g.act(g.conv(h, 2, k, stride, padding, dilation, 1), a)
             y = g.add("concat", (y, y2), (g.shapes[y][0] + 2, *g.shapes[y][1:]), axis=0)
         h = y
-        if i == 0 and spec.pool != "none" and min(g.shapes[h][1:]) >= 2:
+        if i == 0 and spec.pool != "none":
             c, hh, ww = g.shapes[h]
+            pk = 2 if min(hh, ww) >= 2 else 1
             if spec.pool == "max":
-                pk, ps = 2, g.rng.choice([1, 2])
-                pp = g.rng.choice([0, 1])
+                ps = g.rng.choice([1, 2])
+                pp = g.rng.choice([0, 1]) if pk == 2 else 0
                 ho, wo = (hh + 2 * pp - pk) // ps + 1, (ww + 2 * pp - pk) // ps + 1
                 h = g.add("maxpool", (h,), (c, ho, wo), kernel=[pk, pk], stride=[ps, ps], padding=[pp, pp],
                           dilation=[1, 1], ceil_mode=False)
             else:
-                pk, ps = 2, g.rng.choice([1, 2])
+                ps = g.rng.choice([1, 2])
                 ho, wo = (hh - pk) // ps + 1, (ww - pk) // ps + 1
                 h = g.add("avgpool", (h,), (c, ho, wo), kernel=[pk, pk], stride=[ps, ps])
     c, hh, ww = g.shapes[h]
@@ -205,36 +206,49 @@ def affine(seed: int, n_in: int, n_out: int) -> Graph:
     return g.graph(g.linear(x, n_out))
 
 
-def random_spec(rng: random.Random, piecewise_linear: bool = False, kind: str | None = None) -> NetSpec:
-    """A random spec from a ``random.Random`` (the non-hypothesis route)."""
-    pool = PIECEWISE_LINEAR if piecewise_linear else ACTIVATIONS
+def random_spec(rng: random.Random, piecewise_linear: bool = False, kind: str | None = None,
+                pool: str | None = None) -> NetSpec:
+    """A random spec from a ``random.Random`` (the non-hypothesis route); ``kind``/``pool`` force those fields."""
+    choices = PIECEWISE_LINEAR if piecewise_linear else ACTIVATIONS
     kind = kind or rng.choice(["mlp", "mlp", "conv"])
     depth = rng.randint(1, 4) if kind == "mlp" else rng.randint(1, 2)
     return NetSpec(
         kind=kind, depth=depth, width=rng.randint(2, 12),
-        acts=tuple(rng.choice(pool) for _ in range(depth + 1)),
+        acts=tuple(rng.choice(choices) for _ in range(depth + 1)),
         residual=rng.random() < 0.3, concat=rng.random() < 0.3, sub=rng.random() < 0.3,
-        scale_shift=rng.random() < 0.3, pool=rng.choice(["none", "max", "avg"]) if kind == "conv" else "none",
+        scale_shift=rng.random() < 0.3,
+        pool=(pool or rng.choice(["none", "max", "max", "avg", "avg"])) if kind == "conv" else "none",
         seed=rng.randrange(2**31), n_in=rng.randint(2, 6) if kind == "mlp" else rng.randint(3, 6),
         n_out=rng.randint(1, 4),
     )
 
 
 @st.composite
-def net_specs(draw, piecewise_linear: bool = False, kinds=("mlp", "conv"), pools=("none", "max", "avg")):
-    """Hypothesis strategy of :class:`NetSpec` (depth 1–4, width 2–12, activation mix, conv, residual, ...)."""
+def _drawn_specs(draw, piecewise_linear: bool):
     pool = PIECEWISE_LINEAR if piecewise_linear else ACTIVATIONS
-    kind = draw(st.sampled_from(kinds))
+    kind = draw(st.sampled_from(("mlp", "conv")))
     depth = draw(st.integers(1, 4 if kind == "mlp" else 2))
     acts = tuple(draw(st.lists(st.sampled_from(pool), min_size=depth + 1, max_size=depth + 1)))
     return NetSpec(
         kind=kind, depth=depth, width=draw(st.integers(2, 12)), acts=acts,
         residual=draw(st.booleans()), concat=draw(st.booleans()), sub=draw(st.booleans()),
-        scale_shift=draw(st.booleans()), pool=draw(st.sampled_from(pools)) if kind == "conv" else "none",
+        scale_shift=draw(st.booleans()),
+        pool=draw(st.sampled_from(("max", "avg", "none"))) if kind == "conv" else "none",
         seed=draw(st.integers(0, 2**31 - 1)),
         n_in=draw(st.integers(2, 6)) if kind == "mlp" else draw(st.integers(3, 6)),
         n_out=draw(st.integers(1, 4)),
     )
+
+
+def net_specs(piecewise_linear: bool = False) -> st.SearchStrategy[NetSpec]:
+    """Hypothesis strategy of :class:`NetSpec` (depth 1–4, width 2–12, activation mix, conv, residual, ...).
+
+    Half the examples come from :func:`random_spec` on a drawn seed: hypothesis alone favours the first
+    choice of every field (few pooling layers in a short derandomized run); the seeded half keeps the mix
+    even. Either way the failing example prints the full NetSpec.
+    """
+    seeded = st.integers(0, 2**31 - 1).map(lambda s: random_spec(random.Random(s), piecewise_linear))
+    return st.one_of(seeded, _drawn_specs(piecewise_linear))
 
 
 # -- boxes and samples ----------------------------------------------------------------------------

@@ -16,14 +16,22 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from veracity.graph import Graph, OnnxImportError, UnsupportedError, from_onnx, load_onnx
-from veracity.graph import ops
+from veracity.graph import Graph, OnnxImportError, UnsupportedError, from_onnx, load_onnx, ops
 from veracity.spec import load_vnnlib
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 BENCH_ONNX = sorted(BENCHMARKS.glob("*/onnx/*.onnx.gz"))
 
 RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall badly on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -244,6 +252,16 @@ def _():
     return make_model([N("MatMul", ["A", "x"])], [3, 4], {"A": f32(5, 3)})
 
 
+@case("matmul_var_vector", [3, 4])
+def _():
+    return make_model([N("MatMul", ["x", "v"])], [3, 4], {"v": f32(4)})
+
+
+@case("matmul_var_const_rank3", [3, 4])
+def _():
+    return make_model([N("MatMul", ["x", "W"])], [3, 4], {"W": f32(1, 4, 2)})
+
+
 # element-wise binary with constants
 @case("add_const_broadcast", [2, 3])
 def _():
@@ -336,9 +354,7 @@ case("conv_stride_pads", [3, 7, 6])(lambda: _conv([3, 7, 6], [4, 3, 3, 3], strid
 case("conv_dilation", [2, 9, 8])(lambda: _conv([2, 9, 8], [3, 2, 3, 2], dilations=[2, 3], pads=[2, 1, 2, 1]))
 case("conv_groups", [4, 6, 6])(lambda: _conv([4, 6, 6], [6, 2, 3, 3], group=2, pads=[1, 1, 1, 1]))
 case("conv_depthwise_no_bias", [3, 6, 6])(lambda: _conv([3, 6, 6], [3, 1, 3, 3], bias=False, group=3))
-case("conv_asymmetric_pads", [2, 7, 6])(
-    lambda: _conv([2, 7, 6], [3, 2, 3, 3], strides=[2, 1], pads=[0, 1, 2, 0])
-)
+case("conv_asymmetric_pads", [2, 7, 6])(lambda: _conv([2, 7, 6], [3, 2, 3, 3], strides=[2, 1], pads=[0, 1, 2, 0]))
 case("conv_same_upper", [2, 7, 6])(lambda: _conv([2, 7, 6], [3, 2, 4, 3], strides=[2, 2], auto_pad="SAME_UPPER"))
 case("conv_same_lower", [2, 7, 6])(lambda: _conv([2, 7, 6], [3, 2, 4, 3], strides=[2, 1], auto_pad="SAME_LOWER"))
 case("conv_valid", [2, 7, 6])(lambda: _conv([2, 7, 6], [3, 2, 3, 3], auto_pad="VALID"))
@@ -362,6 +378,11 @@ case("convtranspose_stride_outpad", [3, 4, 5])(
 case("convtranspose_groups_dilation", [4, 4, 4])(
     lambda: _conv_t([4, 4, 4], [4, 3, 2, 2], bias=False, group=2, strides=[2, 1], dilations=[1, 2])
 )
+
+case("convtranspose_asymmetric_pads", [2, 4, 5])(
+    lambda: _conv_t([2, 4, 5], [2, 3, 3, 3], strides=[2, 2], pads=[0, 1, 2, 0], output_padding=[1, 1])
+)
+case("convtranspose_1d", [3, 6])(lambda: _conv_t([3, 6], [3, 2, 4], strides=[3], pads=[1, 1]))
 
 
 @case("batchnorm", [3, 4, 5])
@@ -415,6 +436,7 @@ for _lo, _hi, _tag in [(-0.5, None, "min"), (None, 0.7, "max"), (-0.5, 0.7, "bot
     case(f"clip13_{_tag}", [2, 3, 4])(lambda _lo=_lo, _hi=_hi: _clip13(_lo, _hi))
     case(f"clip11_{_tag}", [2, 3, 4])(lambda _lo=_lo, _hi=_hi: _clip13(_lo, _hi, opset=11))
     case(f"clip6_{_tag}", [2, 3, 4])(lambda _lo=_lo, _hi=_hi: _clip6(_lo, _hi))
+case("clip13_min_above_max", [2, 3, 4])(lambda: _clip13(0.5, -0.5))
 case("clip13_none", [2, 3, 4])(lambda: _clip13(None, None))
 case("clip6_float_limits", [2, 3, 4])(lambda: _clip6(-3.4028234663852886e38, 3.4028234663852886e38))
 case("clip13_infinite", [2, 3, 4])(lambda: _clip13(-np.inf, 1.0))
@@ -423,9 +445,7 @@ case("clip13_infinite", [2, 3, 4])(lambda: _clip13(-np.inf, 1.0))
 # shapes
 case("flatten", [2, 3, 4])(lambda: make_model([N("Flatten", ["x"])], [2, 3, 4]))
 case("flatten_negative_axis", [2, 3, 4])(lambda: make_model([N("Flatten", ["x"], axis=-3)], [2, 3, 4]))
-case("reshape_0_and_minus1", [2, 3, 4])(
-    lambda: make_model([N("Reshape", ["x", "s"])], [2, 3, 4], {"s": i64(0, -1, 2)})
-)
+case("reshape_0_and_minus1", [2, 3, 4])(lambda: make_model([N("Reshape", ["x", "s"])], [2, 3, 4], {"s": i64(0, -1, 2)}))
 case("reshape_0_minus1_2d", [2, 3, 4])(lambda: make_model([N("Reshape", ["x", "s"])], [2, 3, 4], {"s": i64(0, -1)}))
 case("reshape_fixed_batch1", [2, 3, 4])(
     lambda: make_model([N("Reshape", ["x", "s"])], [2, 3, 4], {"s": i64(1, 4, 6)}, batch=1)
@@ -504,12 +524,12 @@ case("shape_gather_concat_reshape", [2, 3, 4])(
 case("shape_start_end", [2, 3, 4])(
     lambda: make_model(
         [
-            N("Shape", ["x"], ["s"], start=-2),
-            N("Concat", ["m1", "s"], ["t"], axis=0),
+            N("Shape", ["x"], ["s"], start=-1),
+            N("Concat", ["z", "s"], ["t"], axis=0),
             N("Reshape", ["x", "t"]),
         ],
         [2, 3, 4],
-        {"m1": i64(-1)},
+        {"z": i64(0, -1)},
         opset=15,
     )
 )
@@ -526,7 +546,9 @@ case("identity", [2, 3])(lambda: make_model([N("Identity", ["x"], ["i"]), N("Rel
 case("dropout", [2, 3])(
     lambda: make_model([N("Dropout", ["x", "r"], ["d", "mask"]), N("Relu", ["d"])], [2, 3], {"r": np.float32(0.5)})
 )
-case("dropout_opset7", [2, 3])(lambda: make_model([N("Dropout", ["x"], ["d"], ratio=0.3), N("Tanh", ["d"])], [2, 3], opset=7))
+case("dropout_opset7", [2, 3])(
+    lambda: make_model([N("Dropout", ["x"], ["d"], ratio=0.3), N("Tanh", ["d"])], [2, 3], opset=7)
+)
 case("cast_float", [2, 3])(lambda: make_model([N("Cast", ["x"], ["d"], to=F), N("Relu", ["d"])], [2, 3]))
 
 
@@ -561,9 +583,7 @@ case("globalavgpool", [3, 5, 4])(lambda: _pool("GlobalAveragePool", (3, 5, 4)))
 
 # padding
 case("pad_constant_value", [2, 3, 4])(
-    lambda: make_model(
-        [N("Pad", ["x", "p", "v"])], [2, 3, 4], {"p": i64(0, 0, 1, 2, 0, 1, 0, 3), "v": np.float32(1.5)}
-    )
+    lambda: make_model([N("Pad", ["x", "p", "v"])], [2, 3, 4], {"p": i64(0, 0, 1, 2, 0, 1, 0, 3), "v": np.float32(1.5)})
 )
 case("pad_negative_crop", [2, 3, 4])(
     lambda: make_model([N("Pad", ["x", "p"])], [2, 3, 4], {"p": i64(0, 0, -1, 2, 0, 1, 0, -2)})
@@ -573,7 +593,9 @@ case("pad_opset2_attrs", [2, 3, 4])(
 )
 case("pad_axes_opset18", [2, 3, 4])(
     lambda: make_model(
-        [N("Pad", ["x", "p", "v", "a"])], [2, 3, 4], {"p": i64(1, 2, 0, 1), "v": np.float32(-2.0), "a": i64(-1, 2)},
+        [N("Pad", ["x", "p", "v", "a"])],
+        [2, 3, 4],
+        {"p": i64(1, 2, 0, 1), "v": np.float32(-2.0), "a": i64(-1, 2)},
         opset=18,
     )
 )
@@ -589,9 +611,7 @@ for _kd in (0, 1):
 case("reducemean_opset18_input", [2, 3, 4])(
     lambda: make_model([N("ReduceMean", ["x", "a"], keepdims=0)], [2, 3, 4], {"a": i64(-2, 1)}, opset=18)
 )
-case("reducesum_opset11_attr", [2, 3, 4])(
-    lambda: make_model([N("ReduceSum", ["x"], axes=[3])], [2, 3, 4], opset=11)
-)
+case("reducesum_opset11_attr", [2, 3, 4])(lambda: make_model([N("ReduceSum", ["x"], axes=[3])], [2, 3, 4], opset=11))
 case("reducesum_empty_axes_noop", [2, 3, 4])(
     lambda: make_model([N("ReduceSum", ["x", "a"], noop_with_empty_axes=1)], [2, 3, 4], {"a": np.zeros(0, np.int64)})
 )
@@ -623,9 +643,7 @@ case("resize_sizes_asymmetric_floor", [2, 3, 4])(
     )
 )
 case("resize_align_corners_ceil", [2, 3, 4])(
-    lambda: _resize(
-        [2, 3, 4], [1, 1, 2, 1.5], coordinate_transformation_mode="align_corners", nearest_mode="ceil"
-    )
+    lambda: _resize([2, 3, 4], [1, 1, 2, 1.5], coordinate_transformation_mode="align_corners", nearest_mode="ceil")
 )
 case("resize_pytorch_half_pixel_prefer_ceil", [2, 3, 4])(
     lambda: _resize(
@@ -729,6 +747,29 @@ def test_batch_axis_mixing_unsupported():
         from_onnx(m)
     m = make_model([N("Concat", ["x", "x"], axis=0)], [2, 3])
     with pytest.raises(UnsupportedError, match="batch"):
+        from_onnx(m)
+
+
+def test_batchnorm_training_mode_unsupported():
+    inits = {"g": f32(3), "b": f32(3), "m": f32(3), "v": np.ones(3, np.float32)}
+    m = make_model([N("BatchNormalization", ["x", "g", "b", "m", "v"], training_mode=1)], [3, 4], inits, opset=15)
+    with pytest.raises(UnsupportedError, match="training"):
+        from_onnx(m)
+
+
+def test_unsupported_modes():
+    m = make_model([N("Pad", ["x", "p"], mode="reflect")], [2, 3], {"p": i64(0, 0, 1, 0, 0, 1)})
+    with pytest.raises(UnsupportedError, match="reflect"):
+        from_onnx(m)
+    m = _resize([2, 3, 4], [1, 1, 2, 2])
+    m.graph.node[0].attribute[0].s = b"linear"
+    with pytest.raises(UnsupportedError, match="linear"):
+        from_onnx(m)
+    m = _pool("MaxPool", kernel_shape=[3, 3], pads=[0, 0, 1, 1])
+    with pytest.raises(UnsupportedError, match="asymmetric"):
+        from_onnx(m)
+    m = _pool("AveragePool", kernel_shape=[3, 3], ceil_mode=1)
+    with pytest.raises(UnsupportedError, match="ceil_mode"):
         from_onnx(m)
 
 

@@ -4,13 +4,15 @@ The first dimension of the model's input is the batch; every op must keep it sep
 whose inputs are all constant are folded with onnx's reference evaluator, so shape arithmetic (Shape,
 Gather, Concat, Cast, ...) on constants needs no special code. Everything else maps to the small set of
 IR ops in :mod:`veracity.graph.ops`; ops like Clip, AveragePool with padding or broadcasting binary
-ops are expressed exactly through several IR nodes.
+ops are expressed exactly through several IR nodes. :class:`GraphBuilder` holds those expansions; the
+torch importer (:mod:`veracity.graph.torch_import`) builds with it too.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,11 @@ def load_onnx(path) -> Graph:
     if not p.exists():
         raise FileNotFoundError(f"no such ONNX file: {path}")
     data = p.read_bytes()
-    if p.suffix == ".gz":
-        data = gzip.decompress(data)
+    if p.suffix == ".gz" or data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+            raise OnnxImportError(f"{p}: not a valid gzip file ({e})") from None
     try:
         model = onnx.load_from_string(data)
     except Exception as e:  # protobuf raises its own DecodeError
@@ -305,11 +310,9 @@ class GraphBuilder:
         nd = w.ndim - 2
         if nd not in (1, 2, 3) or len(x.shape) != nd + 1:
             self.fail(f"convolution with weight {w.shape} on per-sample input {x.shape}")
-        if list(pads_b) != list(pads_e):  # asymmetric padding becomes an explicit pad node
+        if list(pads_b) != list(pads_e) or min(pads_b) < 0:  # asymmetric (or cropping) pads: a pad node
             x = self.pad(x, pads_b, pads_e, 0.0, base)
             pads_b = [0] * nd
-        if any(p < 0 for p in pads_b):
-            self.fail(f"negative convolution padding {list(pads_b)}")
         p = {
             "weight": _f64(w),
             "stride": [int(s) for s in strides],
@@ -419,9 +422,8 @@ class _Importer(GraphBuilder):
             if not d.HasField("dim_value") or d.dim_value <= 0:
                 raise UnsupportedError(f"{self.source}: input '{inp.name}' has a non-fixed dimension")
             shape.append(d.dim_value)
-        self.names.add(inp.name)
-        self.nodes.append(Node(inp.name, "input", (), tuple(shape), {}, "ONNX graph input"))
-        self.env[inp.name] = _Var(inp.name, shape)
+        x = self.input(inp.name, shape, "ONNX graph input")
+        self.env[inp.name] = x
 
         for node in g.node:
             self.origin = f"ONNX {node.op_type} node '{node.name or node.output[0]}'"
@@ -446,10 +448,7 @@ class _Importer(GraphBuilder):
 
         if len(g.output) != 1:
             raise UnsupportedError(f"{self.source}: expected one graph output, found {len(g.output)}")
-        out = self.env.get(g.output[0].name)
-        if not isinstance(out, _Var):
-            raise UnsupportedError(f"{self.source}: the output does not depend on the input")
-        return Graph(self.nodes, inp.name, out.name)
+        return self.graph(x, self.env.get(g.output[0].name))
 
     def unsupported(self, node):
         supported = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
@@ -503,69 +502,27 @@ class _Importer(GraphBuilder):
     def op_Neg(self, node, a):
         return self.scale_shift(self.v(node), -1.0, None, node.output[0])
 
-    def scale_shift(self, x: _Var, scale, shift, base) -> _Var:
-        p = {}
-        if scale is not None:
-            p["scale"] = _f64(self.per_sample_const(np.asarray(scale, dtype=np.float64), x.shape))
-        if shift is not None:
-            p["shift"] = _f64(self.per_sample_const(np.asarray(shift, dtype=np.float64), x.shape))
-        return self.add("scale_shift", [x], p, base)
-
     def op_Clip(self, node, a):
         x = self.v(node)
         if self.opset < 11:
             lo, hi = a.get("min"), a.get("max")
         else:
             lo, hi = self.opt_input(node, 1), self.opt_input(node, 2)
-        lo = None if lo is None else float(np.asarray(lo))
-        hi = None if hi is None else float(np.asarray(hi))
-        base = node.output[0]
-        if lo is not None and hi is not None and lo > hi:
-            self.fail(f"Clip with min {lo} > max {hi}")
-        # max(x, lo) = lo + relu(x - lo);  min(z, hi) = hi - relu(hi - z)
-        if lo is not None:
-            r = self.add("relu", [self.scale_shift(x, None, -lo, base)], base=base)
-            x = self.scale_shift(r, None, lo, base)
-        if hi is not None:
-            r = self.add("relu", [self.scale_shift(x, -1.0, hi, base)], base=base)
-            x = self.scale_shift(r, -1.0, hi, base)
-        return x
-
-    def binary(self, node, kind: str):
-        xa, xb = self.env[node.input[0]], self.env[node.input[1]]
-        base = node.output[0]
-        if isinstance(xa, _Var) and isinstance(xb, _Var):
-            shape = np.broadcast_shapes(xa.full, xb.full)[1:]
-            xa, xb = self.expand(xa, shape), self.expand(xb, shape)
-            return self.add(kind, [xa, xb], base=base)
-        swapped = not isinstance(xa, _Var)
-        x, c = (xb, xa) if swapped else (xa, xb)
-        c = np.asarray(c, dtype=np.float64)
-        shape = np.broadcast_shapes(x.full, c.shape)
-        if shape[0] != 1:
-            self.fail(f"a constant of shape {c.shape} would broadcast over the batch dimension")
-        x = self.expand(x, shape[1:])
-        if kind == "add":
-            return self.scale_shift(x, None, c, base)
-        if kind == "sub":
-            return self.scale_shift(x, -1.0, c, base) if swapped else self.scale_shift(x, None, -c, base)
-        if kind == "mul":
-            return self.scale_shift(x, c, None, base)
-        if swapped:
-            self.fail("dividing a constant by a network value is not supported")
-        return self.scale_shift(x, 1.0 / c, None, base)
+        lo = None if lo is None else float(np.asarray(lo).reshape(-1)[0])
+        hi = None if hi is None else float(np.asarray(hi).reshape(-1)[0])
+        return self.clip(x, lo, hi, node.output[0])
 
     def op_Add(self, node, a):
-        return self.binary(node, "add")
+        return self.binary("add", self.env[node.input[0]], self.env[node.input[1]], node.output[0])
 
     def op_Sub(self, node, a):
-        return self.binary(node, "sub")
+        return self.binary("sub", self.env[node.input[0]], self.env[node.input[1]], node.output[0])
 
     def op_Mul(self, node, a):
-        return self.binary(node, "mul")
+        return self.binary("mul", self.env[node.input[0]], self.env[node.input[1]], node.output[0])
 
     def op_Div(self, node, a):
-        return self.binary(node, "div")
+        return self.binary("div", self.env[node.input[0]], self.env[node.input[1]], node.output[0])
 
     def op_Sum(self, node, a):
         vs = [self.env[i] for i in node.input]
@@ -576,12 +533,10 @@ class _Importer(GraphBuilder):
 
     def op_BatchNormalization(self, node, a):
         x = self.v(node)
+        if a.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
+            self.fail("BatchNormalization in training mode is not supported")
         gamma, beta, mean, var = (self.const(node.input[i]) for i in range(1, 5))
-        eps = float(a.get("epsilon", 1e-5))
-        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
-        shift = beta - mean * scale
-        bshape = (-1,) + (1,) * (len(x.shape) - 1)
-        return self.scale_shift(x, scale.reshape(bshape)[None], shift.reshape(bshape)[None], node.output[0])
+        return self.batchnorm(x, gamma, beta, mean, var, float(a.get("epsilon", 1e-5)), node.output[0])
 
     # -- matrix products -------------------------------------------------------------------------
     def op_Gemm(self, node, a):
@@ -592,38 +547,38 @@ class _Importer(GraphBuilder):
             self.fail(f"Gemm expects a 2-D input, got per-sample shape {x.shape}")
         B = self.const(node.input[1], "the weight B").astype(np.float64)
         W = (B if a.get("transB", 0) else B.T) * float(a.get("alpha", 1.0))
-        p = {"W": _f64(W)}
         C = self.opt_input(node, 2)
         if C is not None:
-            p["b"] = _f64(np.broadcast_to(C.astype(np.float64) * float(a.get("beta", 1.0)), (1, W.shape[0]))[0])
-        return self.add("linear", [x], p, node.output[0])
+            C = np.broadcast_to(C.astype(np.float64) * float(a.get("beta", 1.0)), (1, W.shape[0]))[0]
+        return self.linear(x, W, C, node.output[0])
 
     def op_MatMul(self, node, a):
         xa, xb = self.env[node.input[0]], self.env[node.input[1]]
+        base = node.output[0]
         if isinstance(xa, _Var) and not isinstance(xb, _Var):
-            if xb.ndim != 2:
-                self.fail("MatMul with a constant of rank other than 2 is not supported")
             if len(xa.shape) == 0:
                 self.fail("MatMul on a scalar")
-            return self.add("linear", [xa], {"W": _f64(xb.T)}, node.output[0])
-        if isinstance(xb, _Var) and not isinstance(xa, _Var) and xa.ndim == 2 and len(xb.shape) >= 2:
+            xb = np.asarray(xb, np.float64)
+            if xb.ndim == 1:  # x @ v contracts the last axis away
+                y = self.linear(xa, xb[None], None, base)
+                return self.reshape(y, y.full[:-1], base)
+            extra = xb.ndim - len(xa.full)  # a higher-rank constant adds leading (size-1) axes
+            while xb.ndim > 2 and xb.shape[0] == 1:
+                xb = xb[0]
+            if xb.ndim != 2:
+                self.fail(f"MatMul with a constant of shape {xb.shape} is not supported")
+            y = self.linear(xa, xb.T, None, base)
+            return self.reshape(y, (1,) * extra + y.full, base) if extra > 0 else y
+        if isinstance(xb, _Var) and not isinstance(xa, _Var) and np.ndim(xa) == 2 and len(xb.shape) >= 2:
             # A @ x = (x^T A^T)^T over the last two axes
-            r = len(xb.shape)
+            r = len(xb.full)
             perm = list(range(r - 2)) + [r - 1, r - 2]
-            t = self.add("transpose", [xb], {"perm": perm}, node.output[0])
-            y = self.add("linear", [t], {"W": _f64(xa)}, node.output[0])
-            return self.add("transpose", [y], {"perm": perm}, node.output[0])
-        self.fail("MatMul of two network values is not supported")
+            t = self.transpose(xb, perm, base)
+            y = self.linear(t, np.asarray(xa, np.float64), None, base)
+            return self.transpose(y, perm, base)
+        self.fail("MatMul of two network values (or of this constant shape) is not supported")
 
     # -- shapes ------------------------------------------------------------------------------------
-    def reshape(self, x: _Var, full, base) -> _Var:
-        full = tuple(int(d) for d in full)
-        if len(full) == 0 or full[0] != 1 or math.prod(full) != math.prod(x.full):
-            self.fail(f"reshape of {x.full} to {full} would mix the batch dimension")
-        if full[1:] == x.shape:
-            return x
-        return self.add("reshape", [x], {"shape": full[1:]}, base)
-
     def op_Reshape(self, node, a):
         x = self.v(node)
         target = [int(d) for d in self.const(node.input[1], "the target shape")]
@@ -646,35 +601,39 @@ class _Importer(GraphBuilder):
         return self.reshape(x, (math.prod(x.full[:ax]), math.prod(x.full[ax:])), node.output[0])
 
     def axes_arg(self, node, a, i=1):
+        """The axes attribute or (opset 13/18) input; None when absent or empty."""
         if "axes" in a:
-            return list(a["axes"])
-        v = self.opt_input(node, i)
-        return None if v is None else [int(t) for t in v.reshape(-1)]
+            axes = list(a["axes"])
+        else:
+            v = self.opt_input(node, i)
+            axes = None if v is None else [int(t) for t in v.reshape(-1)]
+        return axes or None
 
     def op_Squeeze(self, node, a):
         x = self.v(node)
         axes = self.axes_arg(node, a)
         r = len(x.full)
         axes = [i for i in range(r) if x.full[i] == 1 and i > 0] if axes is None else [t % r for t in axes]
+        if any(x.full[t] != 1 for t in axes):
+            self.fail(f"Squeeze of axes {axes} of a value of shape {x.full}")
         return self.reshape(x, [d for i, d in enumerate(x.full) if i not in axes], node.output[0])
 
     def op_Unsqueeze(self, node, a):
         x = self.v(node)
-        axes = self.axes_arg(node, a)
+        axes = self.axes_arg(node, a) or []
         r = len(x.full) + len(axes)
-        out = list(x.full)
-        for t in sorted(t % r for t in axes):
-            out.insert(t, 1)
-        if 0 in [t % r for t in axes]:
+        axes = sorted(t % r for t in axes)
+        if 0 in axes:
             self.fail("Unsqueeze at axis 0 would move the batch dimension")
+        out = list(x.full)
+        for t in axes:
+            out.insert(t, 1)
         return self.reshape(x, out, node.output[0])
 
     def op_Transpose(self, node, a):
         x = self.v(node)
         perm = list(a.get("perm", reversed(range(len(x.full)))))
-        if perm[0] != 0:
-            self.fail(f"Transpose perm {perm} moves the batch dimension")
-        return self.add("transpose", [x], {"perm": [p - 1 for p in perm[1:]]}, node.output[0])
+        return self.transpose(x, perm, node.output[0])
 
     def op_Shape(self, node, a):
         full = np.array(self.v(node).full, dtype=np.int64)
@@ -682,19 +641,7 @@ class _Importer(GraphBuilder):
         return full[start:end]
 
     def op_Concat(self, node, a):
-        vals = [self.env[i] for i in node.input]
-        ref = next(v for v in vals if isinstance(v, _Var))
-        ax = self.axis(a["axis"], len(ref.full))
-        ins = []
-        for v in vals:
-            if isinstance(v, _Var):
-                ins.append(v)
-            else:
-                if v.ndim != len(ref.full) or v.shape[0] != 1:
-                    self.fail(f"Concat of a constant of shape {v.shape} with a batched value")
-                if v.shape[ax + 1] > 0:
-                    ins.append(v[0])
-        return self.add("concat", ins, {"axis": ax}, node.output[0])
+        return self.concat([self.env[i] for i in node.input], a["axis"], node.output[0])
 
     def op_Slice(self, node, a):
         x = self.v(node)
@@ -710,13 +657,15 @@ class _Importer(GraphBuilder):
             steps = [1] * len(starts) if st_in is None else [int(t) for t in st_in]
         r = len(x.full)
         for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+            if st == 0:
+                self.fail("Slice with step 0")
             ax = ax % r
-            idx = np.arange(x.full[ax])[slice(s, e, st)] if st > 0 else np.arange(x.full[ax])[s:e:st]
+            idx = np.arange(x.full[ax])[s:e:st]  # Python slicing clamps exactly as ONNX does
             if ax == 0:
                 if not np.array_equal(idx, [0]):
                     self.fail("Slice along the batch dimension")
                 continue
-            x = self.gather_range(x, ax - 1, idx)
+            x = self.gather_range(x, ax - 1, idx, node.output[0])
         return x
 
     def op_Split(self, node, a):
@@ -730,9 +679,11 @@ class _Importer(GraphBuilder):
             k = len(node.output)
             chunk = -(-n // k)
             sizes = [min(chunk, n - i * chunk) for i in range(k)]
+        if sum(sizes) != n or len(sizes) != len(node.output):
+            self.fail(f"Split sizes {list(sizes)} do not fit axis length {n} and {len(node.output)} outputs")
         outs, start = [], 0
-        for s in sizes:
-            outs.append(self.gather_range(x, ax, np.arange(start, start + s)))
+        for s, name in zip(sizes, node.output, strict=True):
+            outs.append(self.gather_range(x, ax, np.arange(start, start + s), name or node.output[0]))
             start += s
         return outs
 
@@ -741,7 +692,9 @@ class _Importer(GraphBuilder):
         idx = self.const(node.input[1], "the indices").astype(np.int64)
         ax = self.axis(a.get("axis", 0), len(x.full))
         idx = np.where(idx < 0, idx + x.shape[ax], idx)
-        y = self.gather_range(x, ax, idx.reshape(-1))
+        if idx.size and (idx.min() < 0 or idx.max() >= x.shape[ax]):
+            self.fail(f"Gather indices out of range for an axis of length {x.shape[ax]}")
+        y = self.gather_range(x, ax, idx.reshape(-1), node.output[0])
         out = (1, *x.shape[:ax], *idx.shape, *x.shape[ax + 1 :])
         return self.reshape(y, out, node.output[0])
 
@@ -749,34 +702,26 @@ class _Importer(GraphBuilder):
         x = self.v(node)
         if _decode(a.get("mode", "constant")) != "constant":
             self.fail(f"Pad mode '{_decode(a['mode'])}' is not supported (only constant)")
+        r = len(x.full)
         if self.opset < 11:
-            pads, value = list(a["pads"]), float(a.get("value", 0.0))
+            pads, value = [int(t) for t in a["pads"]], float(a.get("value", 0.0))
             axes = None
         else:
             pads = [int(t) for t in self.const(node.input[1], "pads")]
             cv = self.opt_input(node, 2)
-            value = 0.0 if cv is None else float(np.asarray(cv).reshape(-1)[0])
+            value = 0.0 if cv is None or cv.size == 0 else float(np.asarray(cv).reshape(-1)[0])
             ax_in = self.opt_input(node, 3)
-            axes = None if ax_in is None else [int(t) % len(x.full) for t in ax_in]
-        r = len(x.full)
+            axes = None if ax_in is None else [int(t) % r for t in ax_in]
         axes = axes or list(range(r))
         k = len(axes)
+        if len(pads) != 2 * k:
+            self.fail(f"Pad has {len(pads)} pads for {k} axes")
         per_axis = {ax: (pads[i], pads[i + k]) for i, ax in enumerate(axes)}
         if per_axis.get(0, (0, 0)) != (0, 0):
             self.fail("Pad along the batch dimension")
-        for ax, (b, e) in per_axis.items():  # negative pads crop
-            if b < 0 or e < 0:
-                idx = np.arange(x.full[ax])[max(-b, 0) : x.full[ax] - max(-e, 0)]
-                x = self.gather_range(x, ax - 1, idx)
-        pp = [(max(per_axis.get(ax, (0, 0))[0], 0), max(per_axis.get(ax, (0, 0))[1], 0)) for ax in range(1, r)]
-        if not any(b or e for b, e in pp):
-            return x
-        y = self.add("pad", [x], {"pads": pp}, node.output[0])
-        if value != 0.0:
-            mask = torch.ones(1, *x.shape, dtype=torch.float64)
-            mask = 1.0 - ops.OPS["pad"].apply(None, {"pads": pp}, 0, mask)[0]
-            y = self.scale_shift(y, None, (value * mask).numpy(), node.output[0])
-        return y
+        pb = [per_axis.get(ax, (0, 0))[0] for ax in range(1, r)]
+        pe = [per_axis.get(ax, (0, 0))[1] for ax in range(1, r)]
+        return self.pad(x, pb, pe, value, node.output[0])
 
     # -- convolutions and pooling ----------------------------------------------------------------
     def spatial_pads(self, node, a, x: _Var, kernel, strides, dilations):
@@ -794,15 +739,10 @@ class _Importer(GraphBuilder):
             return pads_b, pads_e
         if auto == "VALID":
             return [0] * nd, [0] * nd
-        pads = list(a.get("pads", [0] * (2 * nd)))
+        if auto != "NOTSET":
+            self.fail(f"auto_pad '{auto}' is not supported")
+        pads = [int(t) for t in a.get("pads", [0] * (2 * nd))]
         return pads[:nd], pads[nd:]
-
-    def pad_asymmetric(self, x: _Var, pads_b, pads_e, base):
-        """Returns (input, symmetric padding): asymmetric pads become an explicit pad node."""
-        if pads_b == pads_e:
-            return x, list(pads_b)
-        pp = [(0, 0)] + list(zip(pads_b, pads_e, strict=True))
-        return self.add("pad", [x], {"pads": pp}, base), [0] * len(pads_b)
 
     def op_Conv(self, node, a):
         x = self.v(node)
@@ -814,12 +754,8 @@ class _Importer(GraphBuilder):
         strides = list(a.get("strides", [1] * nd))
         dil = list(a.get("dilations", [1] * nd))
         pb, pe = self.spatial_pads(node, a, x, kernel, strides, dil)
-        x, pad = self.pad_asymmetric(x, pb, pe, node.output[0])
-        p = {"weight": _f64(w), "stride": strides, "padding": pad, "dilation": dil, "groups": int(a.get("group", 1))}
         b = self.opt_input(node, 2)
-        if b is not None:
-            p["bias"] = _f64(b)
-        return self.add("conv", [x], p, node.output[0])
+        return self.conv(x, w, b, strides, pb, pe, dil, int(a.get("group", 1)), node.output[0])
 
     def op_ConvTranspose(self, node, a):
         x = self.v(node)
@@ -829,25 +765,18 @@ class _Importer(GraphBuilder):
         dil = list(a.get("dilations", [1] * nd))
         if "output_shape" in a or _decode(a.get("auto_pad", "NOTSET")) != "NOTSET":
             self.fail("ConvTranspose with output_shape or auto_pad is not supported")
-        pads = list(a.get("pads", [0] * (2 * nd)))
-        if pads[:nd] != pads[nd:]:
-            self.fail(f"ConvTranspose with asymmetric pads {pads} is not supported")
-        p = {
-            "weight": _f64(w),
-            "stride": strides,
-            "padding": pads[:nd],
-            "output_padding": list(a.get("output_padding", [0] * nd)),
-            "dilation": dil,
-            "groups": int(a.get("group", 1)),
-        }
+        pads = [int(t) for t in a.get("pads", [0] * (2 * nd))]
+        out_pad = list(a.get("output_padding", [0] * nd))
         b = self.opt_input(node, 2)
-        if b is not None:
-            p["bias"] = _f64(b)
-        return self.add("conv_transpose", [x], p, node.output[0])
+        return self.conv_transpose(
+            x, w, b, strides, pads[:nd], pads[nd:], out_pad, dil, int(a.get("group", 1)), node.output[0]
+        )
 
     def pool_args(self, node, a, x):
         kernel = list(a["kernel_shape"])
         nd = len(kernel)
+        if len(x.shape) != nd + 1:
+            self.fail(f"{nd}-d pooling on per-sample input {x.shape}")
         strides = list(a.get("strides", [1] * nd))
         dil = list(a.get("dilations", [1] * nd))
         if a.get("ceil_mode", 0):
@@ -859,35 +788,21 @@ class _Importer(GraphBuilder):
         x = self.v(node)
         if len(node.output) > 1 and node.output[1]:
             self.fail("MaxPool's Indices output is not supported")
+        if a.get("storage_order", 0):
+            self.fail("MaxPool with storage_order=1 is not supported")
         kernel, strides, dil, pb, pe = self.pool_args(node, a, x)
-        if pb != pe:
-            self.fail(f"MaxPool with asymmetric pads {pb + pe} is not supported")
-        p = {"kernel": kernel, "stride": strides, "padding": pb, "dilation": dil, "ceil_mode": False}
-        return self.add("maxpool", [x], p, node.output[0])
+        return self.maxpool(x, kernel, strides, pb, pe, dil, node.output[0])
 
     def op_AveragePool(self, node, a):
         x = self.v(node)
         kernel, strides, dil, pb, pe = self.pool_args(node, a, x)
         if any(d != 1 for d in dil):
             self.fail("AveragePool with dilation is not supported")
-        base = node.output[0]
-        padded = any(pb) or any(pe)
-        y = self.add("pad", [x], {"pads": [(0, 0)] + list(zip(pb, pe, strict=True))}, base) if padded else x
-        y = self.add("avgpool", [y], {"kernel": kernel, "stride": strides}, base)
-        if padded and not a.get("count_include_pad", 0):
-            # rescale each window by kernel size / number of real (unpadded) entries
-            ones = torch.ones(1, *x.shape, dtype=torch.float64)
-            pp = [(0, 0)] + list(zip(pb, pe, strict=True))
-            frac = ops.OPS["avgpool"].apply(None, {"kernel": kernel, "stride": strides}, 0,
-                                            ops.OPS["pad"].apply(None, {"pads": pp}, 0, ones))
-            y = self.scale_shift(y, (1.0 / frac).numpy(), None, base)
-        return y
+        return self.avgpool(x, kernel, strides, pb, pe, bool(a.get("count_include_pad", 0)), node.output[0])
 
     def op_GlobalAveragePool(self, node, a):
         x = self.v(node)
-        axes = list(range(1, len(x.shape)))
-        y = self.add("reduce_sum", [x], {"axes": axes, "keepdims": True}, node.output[0])
-        return self.scale_shift(y, 1.0 / math.prod(x.shape[1:]), None, node.output[0])
+        return self.reduce_sum(x, list(range(1, len(x.shape))), True, True, node.output[0])
 
     def reduce(self, node, a, mean: bool):
         x = self.v(node)
@@ -897,11 +812,8 @@ class _Importer(GraphBuilder):
             if a.get("noop_with_empty_axes", 0):
                 return x
             axes = list(range(r))
-        axes = sorted({self.axis(t, r) for t in axes})
-        y = self.add("reduce_sum", [x], {"axes": axes, "keepdims": bool(a.get("keepdims", 1))}, node.output[0])
-        if mean:
-            y = self.scale_shift(y, 1.0 / math.prod(x.shape[t] for t in axes), None, node.output[0])
-        return y
+        axes = [self.axis(t, r) for t in axes]
+        return self.reduce_sum(x, axes, bool(a.get("keepdims", 1)), mean, node.output[0])
 
     def op_ReduceSum(self, node, a):
         return self.reduce(node, a, mean=False)
@@ -913,32 +825,47 @@ class _Importer(GraphBuilder):
     def op_Resize(self, node, a):
         x = self.v(node)
         if _decode(a.get("mode", "nearest")) != "nearest":
-            self.fail(f"Resize mode '{_decode(a['mode'])}' is not supported (only nearest)")
+            self.fail(f"{node.op_type} mode '{_decode(a['mode'])}' is not supported (only nearest)")
         full = x.full
-        if node.op_type == "Upsample":
-            scales = a.get("scales")
+        r = len(full)
+        if node.op_type == "Upsample" or self.opset < 11:
+            # Upsample and Resize-10: asymmetric coordinates, onnxruntime's "simple" rounding (floor when
+            # upsampling, ceil when downsampling)
+            scales = a.get("scales") if node.op_type == "Upsample" else None
             if scales is None:
                 scales = self.const(node.input[1], "scales")
             sizes = None
-            ctm, nm = "asymmetric", "floor"
+            ctm, nm = "asymmetric", "simple"
         else:
-            scales = self.opt_input(node, 2) if self.opset >= 11 else self.opt_input(node, 1)
-            sizes = self.opt_input(node, 3) if self.opset >= 11 else None
-            if scales is not None and scales.size == 0:
-                scales = None
-            ctm = _decode(a.get("coordinate_transformation_mode", "half_pixel" if self.opset >= 11 else "asymmetric"))
+            scales, sizes = self.opt_input(node, 2), self.opt_input(node, 3)
+            ctm = _decode(a.get("coordinate_transformation_mode", "half_pixel"))
             nm = _decode(a.get("nearest_mode", "round_prefer_floor"))
-        if sizes is not None and sizes.size:
-            sizes = [int(s) for s in sizes]
+            if _decode(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" and sizes is not None:
+                self.fail("Resize with keep_aspect_ratio_policy other than 'stretch' is not supported")
+        if scales is not None and np.size(scales) == 0:
+            scales = None
+        if sizes is not None and np.size(sizes) == 0:
+            sizes = None
+        if scales is None and sizes is None:
+            self.fail("Resize needs scales or sizes")
+        axes = [int(t) % r for t in a["axes"]] if "axes" in a else list(range(r))
+        if sizes is not None:
+            sz = list(full)
+            for ax, s in zip(axes, np.asarray(sizes).reshape(-1), strict=True):
+                sz[ax] = int(s)
+            sizes = sz
             scales = [s / n for s, n in zip(sizes, full, strict=True)]
         else:
-            scales = [float(s) for s in np.asarray(scales).reshape(-1)]
+            sc = [1.0] * r
+            for ax, s in zip(axes, np.asarray(scales, dtype=np.float64).reshape(-1), strict=True):
+                sc[ax] = float(s)
+            scales = sc
             sizes = [int(math.floor(n * s)) for n, s in zip(full, scales, strict=True)]
         if sizes[0] != 1:
             self.fail("Resize along the batch dimension")
-        for ax in range(1, len(full)):
+        for ax in range(1, r):
             n, m, s = full[ax], sizes[ax], scales[ax]
-            if n == m:
+            if n == m and s == 1.0:
                 continue
             i = np.arange(m, dtype=np.float64)
             if ctm in ("half_pixel", "pytorch_half_pixel"):
@@ -957,10 +884,13 @@ class _Importer(GraphBuilder):
                 idx = np.where(src - np.floor(src) == 0.5, np.ceil(src), np.round(src))
             elif nm == "floor":
                 idx = np.floor(src)
-            else:
+            elif nm == "ceil":
                 idx = np.ceil(src)
-            x = self.add("gather", [x], {"axis": ax - 1, "index": torch.from_numpy(np.clip(idx, 0, n - 1).astype(np.int64))},
-                         node.output[0])
+            elif nm == "simple":
+                idx = np.ceil(src) if s < 1 else np.floor(src)
+            else:
+                self.fail(f"Resize nearest_mode '{nm}' is not supported")
+            x = self.gather_range(x, ax - 1, np.clip(idx, 0, n - 1), node.output[0])
         return x
 
     op_Upsample = op_Resize
