@@ -10,7 +10,7 @@ Properties:
   extrema (by enumerating activation patterns with an LP) lie inside every method's bounds;
 - float32 evaluation and bounds agree with float64;
 - batches of boxes give the same bounds as one box at a time.
-Known bugs in src are pinned by strict xfail tests (see their reasons).
+- regressions: batch independence with adaptive lines, float32 soundness, layers with no unstable neuron.
 """
 
 from __future__ import annotations
@@ -262,11 +262,6 @@ def two_box_net() -> Graph:
     ], "x", "o")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "crown_bounds backward-passes the union over the batch of IBP-unstable ReLU inputs and, with "
-    "lines='adaptive', overwrites IBP's bounds of those rows without intersecting: in box 0 IBP proves "
-    "s0 = y1 + x2 in [0.5, 2.5] (stable, so o = x2 = 0.5 exactly), but s0 is unstable in box 1, so box 0 "
-    "gets adaptive-CROWN bounds [-0.5, 2.5] for s0 and o <= 1.0 (alpha: 0.83) instead of 0.5"))
 @pytest.mark.parametrize("method", ["crown", "alpha"])
 def test_batch_equals_one_box_at_a_time_adaptive(method):
     g = two_box_net()
@@ -416,7 +411,7 @@ def test_float32_bounds_match_float64(seed):
     """bound_spec(dtype=float32) returns float32 within 1e-3 (relative to 1 + |bound|) of the float64 result.
     Observed: <= 1e-6 on these nets for every method; over 60 random nets, <= 3e-6 for IBP/CROWN/LBP and up to
     4e-4 for α-CROWN (its optimiser follows a different trajectory in float32). Forward passes differ by
-    <= 2e-6 relative. The float32 bounds are NOT sound for the float64 network: see the xfail below."""
+    <= 2e-6 relative."""
     rng = random.Random(seed)
     g = build(random_spec(rng))
     gen = torch.Generator().manual_seed(seed)
@@ -434,9 +429,6 @@ def test_float32_bounds_match_float64(seed):
                 assert err <= 1e-3, f"{method}/{lines}: float32 off by {err:.3g}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bound_spec(dtype=float32) widens by the float64 margin 1e-9 only: the box itself rounds to float32 "
-    "(0.1 -> 0.10000000149), so the identity network's lower bound 0.10000000149 excludes the input 0.1"))
 def test_float32_bounds_are_sound():
     g = Graph([Node("x", "input", (), (1,))], "x", "x")
     x = torch.tensor([[0.1]], dtype=D)
@@ -445,7 +437,7 @@ def test_float32_bounds_are_sound():
         assert lo.double().item() <= 0.1 <= hi.double().item(), method
 
 
-# -- known crash -------------------------------------------------------------------------------------------
+# -- no unstable neuron --------------------------------------------------------------------------------------
 
 
 def stable_second_layer_net() -> Graph:
@@ -462,10 +454,6 @@ def stable_second_layer_net() -> Graph:
     ], "x", "y2")
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, RuntimeError), reason=(
-    "crown_bounds: when every consumer of an intermediate node is a ReLU and IBP finds none of its neurons "
-    "unstable, rows is empty, node_bounds never loops and torch.cat([]) raises 'expected a non-empty list of "
-    "Tensors' (crown and alpha; e.g. relu(relu(x) + 1), or any degenerate box l == u on a 2-layer ReLU MLP)"))
 @pytest.mark.parametrize("case", ["relu(relu(x)+1)", "point box"])
 @pytest.mark.parametrize("method", ["crown", "alpha"])
 def test_crown_when_no_neuron_of_a_layer_is_unstable(method, case):

@@ -18,21 +18,29 @@ import torch
 
 from veracity.bounds.alpha import alpha_crown
 from veracity.bounds.crown import backward, crown, crown_bounds, needs_bounds
-from veracity.bounds.ibp import Bounds, ibp
+from veracity.bounds.ibp import Bounds, ibp, spec_interval
 from veracity.bounds.lbp import lbp, lbp_bounds
 from veracity.bounds.rules import Interval
 from veracity.graph.ir import Graph
 
-# Relative and absolute widening of reported bounds, covering float64 rounding in the propagation.
+# Relative and absolute widening of reported bounds, covering rounding in the propagation: 1e-9 in float64,
+# 1024 machine epsilons (1.2e-4) in float32.
 ROUNDING_MARGIN = 1e-9
 
 
+def rounding_margin(dtype: torch.dtype) -> float:
+    return max(ROUNDING_MARGIN, 1024 * torch.finfo(dtype).eps)
+
+
+def _outward(x: torch.Tensor, dtype: torch.dtype, direction: float) -> torch.Tensor:
+    """``x`` (float64) in ``dtype``, rounded away from the box (direction -inf for lower, +inf for upper)."""
+    y = x.to(dtype)
+    off = (y.double() > x) if direction < 0 else (y.double() < x)
+    return torch.where(off, torch.nextafter(y, torch.full_like(y, direction)), y)
+
+
 def _ibp_spec(graph, lower, upper, C, lines):
-    l, u = ibp(graph, lower, upper)[graph.output_name]
-    B = l.shape[0]
-    l, u = l.reshape(B, -1, 1), u.reshape(B, -1, 1)
-    Cp, Cn = C.clamp(min=0), C.clamp(max=0)
-    return (Cp @ l + Cn @ u).squeeze(-1), (Cp @ u + Cn @ l).squeeze(-1)
+    return spec_interval(C, ibp(graph, lower, upper)[graph.output_name])
 
 
 METHODS: dict[str, Callable[..., Interval]] = {
@@ -54,13 +62,16 @@ def bound_spec(graph: Graph, lower, upper, C=None, method: str = "crown", lines:
                dtype: torch.dtype = torch.float64) -> Interval:
     """Sound bounds of ``C · y`` over each input box, widened for rounding.
 
+    The box is rounded outward to ``dtype``; the arithmetic's rounding is covered by a relative margin
+    (:func:`rounding_margin`), not by directed rounding.
+
     ``lower``/``upper``: (B, n_inputs) boxes; ``C``: (B, S, n_outputs) or (S, n_outputs), default identity.
     Returns (lower, upper), each (B, S).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    lower = torch.tensor(np.asarray(lower), dtype=dtype)
-    upper = torch.tensor(np.asarray(upper), dtype=dtype)
+    lower = _outward(torch.tensor(np.array(lower, dtype=np.float64)), dtype, -torch.inf)
+    upper = _outward(torch.tensor(np.array(upper, dtype=np.float64)), dtype, torch.inf)
     B = lower.shape[0]
     if C is None:
         C = torch.eye(graph.n_outputs, dtype=dtype)
@@ -68,7 +79,7 @@ def bound_spec(graph: Graph, lower, upper, C=None, method: str = "crown", lines:
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     with torch.no_grad() if method != "alpha" else torch.enable_grad():
-        return widen(METHODS[method](graph, lower, upper, C, lines))
+        return widen(METHODS[method](graph, lower, upper, C, lines), rounding_margin(dtype))
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from veracity.bounds import rules
-from veracity.bounds.ibp import Bounds, ibp
+from veracity.bounds.ibp import Bounds, ibp_node, spec_interval
 from veracity.graph import ops
 from veracity.graph.ir import Graph, UnsupportedError
 
@@ -168,40 +168,45 @@ def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight",
 def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight") -> Bounds:
     """Full CROWN: bounds of every node a relaxation needs, each by its own backward pass.
 
-    Three shortcuts give the same relaxations at a fraction of the cost: nodes where IBP is exact keep
-    IBP's bounds; a monotone activation's output bounds are the activation of its input's bounds; and
-    when every consumer is a ReLU, only neurons that IBP leaves unstable need a backward pass.
+    Nodes are visited in order; each first gets one IBP step from the (already refined) bounds of its
+    inputs, its reference. Three shortcuts then give the same relaxations at a fraction of the cost:
+    nodes where IBP is exact keep the reference; a monotone activation's bounds are the activation of
+    its input's bounds (that is its IBP step); and when every consumer is a ReLU, only neurons the
+    reference leaves unstable in some box get a backward pass, and neurons stable in a box keep the
+    reference there. With tight lines CROWN's bounds are also intersected with the reference.
     """
-    bounds = ibp(graph, lower, upper)
+    B, dtype, device = lower.shape[0], lower.dtype, lower.device
+    bounds: Bounds = {graph.input_name: (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))}
     exact = ibp_exact(graph)
     need = set(needs_bounds(graph))
-    for name in reversed(list(graph.nodes)):  # a monotone node's input is needed too
-        if name in need and graph.nodes[name].op in MONOTONE:
-            need.add(graph.nodes[name].inputs[0])
     consumers = graph.consumers()
     for name, n in graph.nodes.items():
-        if name not in need or name in exact:
+        if n.op == "input":
             continue
-        if n.op in MONOTONE:
-            p = graph.params(n, lower.dtype, lower.device)
-            bounds[name] = rules.interval(n, p, [bounds[n.inputs[0]]])
+        bounds[name] = l, u = ibp_node(graph, n, bounds, B, dtype, device)
+        if name not in need or name in exact or n.op in MONOTONE:
             continue
-        l, u = bounds[name]
-        B = l.shape[0]
-        rows = None
+        l, u = l.reshape(B, -1), u.reshape(B, -1)
+        rows, keep = None, None
         if all(graph.nodes[c].op in ("relu", "leaky_relu") for c in consumers[name]):
-            rows = ((l < 0) & (u > 0)).reshape(B, -1).any(0).nonzero().flatten()
-        lo, hi = node_bounds(graph, name, bounds, lines, rows)
-        if lines == "tight":  # intersect with IBP (never tighter for ReLU nets, often for S-shaped ones)
-            idx = slice(None) if rows is None else rows
-            lo = torch.maximum(lo, l.reshape(B, -1)[:, idx])
-            hi = torch.minimum(hi, u.reshape(B, -1)[:, idx])
-        if rows is None:
-            bounds[name] = lo.reshape(l.shape), hi.reshape(u.shape)
+            unstable = (l < 0) & (u > 0)
+            rows = unstable.any(0).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            l_ref, u_ref, keep = l[:, rows], u[:, rows], ~unstable[:, rows]
         else:
-            l, u = l.reshape(B, -1).clone(), u.reshape(B, -1).clone()
+            l_ref, u_ref = l, u
+        lo, hi = node_bounds(graph, name, bounds, lines, rows)
+        if lines == "tight":
+            lo, hi = torch.maximum(lo, l_ref), torch.minimum(hi, u_ref)
+        elif keep is not None:
+            lo, hi = torch.where(keep, l_ref, lo), torch.where(keep, u_ref, hi)
+        if rows is None:
+            l, u = lo, hi
+        else:
+            l, u = l.clone(), u.clone()
             l[:, rows], u[:, rows] = lo, hi
-            bounds[name] = l.reshape(B, *n.shape), u.reshape(B, *n.shape)
+        bounds[name] = l.reshape(B, *n.shape), u.reshape(B, *n.shape)
     return bounds
 
 
@@ -212,4 +217,8 @@ def crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tenso
     B = lower.shape[0]
     bounds[graph.input_name] = (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))
     out = graph.output
-    return spec_bounds(graph, out.name, C.reshape(B, C.shape[1], *out.shape), bounds, lines)
+    lo, hi = spec_bounds(graph, out.name, C.reshape(B, C.shape[1], *out.shape), bounds, lines)
+    if lines == "tight" and out.name in bounds:  # never looser than these bounds, also off the theorem
+        l_ibp, u_ibp = spec_interval(C, bounds[out.name])
+        lo, hi = torch.maximum(lo, l_ibp), torch.minimum(hi, u_ibp)
+    return lo, hi

@@ -24,19 +24,31 @@ def linear_interval(graph: Graph, node, ins: list[rules.Interval], dtype, device
     return mid - rad, mid + rad
 
 
+def ibp_node(graph: Graph, n, bounds: Bounds, B: int, dtype, device) -> rules.Interval:
+    """One IBP step: the box of node ``n`` from the boxes of its inputs in ``bounds``."""
+    if n.op == "const":
+        v = graph.params(n, dtype, device)["value"].expand(B, *n.shape)
+        return v, v
+    ins = [bounds[i] for i in n.inputs]
+    if ops.OPS[n.op].linear:
+        return linear_interval(graph, n, ins, dtype, device)
+    return rules.interval(n, graph.params(n, dtype, device), ins)
+
+
 def ibp(graph: Graph, lower: torch.Tensor, upper: torch.Tensor) -> Bounds:
     """Interval bounds of every node for a batch of input boxes (B, *input_shape) or (B, n_inputs)."""
     B = lower.shape[0]
-    lower, upper = lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape)
-    out: Bounds = {}
+    out: Bounds = {graph.input_name: (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))}
     for n in graph.nodes.values():
-        if n.op == "input":
-            out[n.name] = (lower, upper)
-        elif n.op == "const":
-            v = graph.params(n, lower.dtype, lower.device)["value"].expand(B, *n.shape)
-            out[n.name] = (v, v)
-        elif ops.OPS[n.op].linear:
-            out[n.name] = linear_interval(graph, n, [out[i] for i in n.inputs], lower.dtype, lower.device)
-        else:
-            out[n.name] = rules.interval(n, graph.params(n, lower.dtype, lower.device), [out[i] for i in n.inputs])
+        if n.op != "input":
+            out[n.name] = ibp_node(graph, n, out, B, lower.dtype, lower.device)
     return out
+
+
+def spec_interval(C: torch.Tensor, box: rules.Interval) -> rules.Interval:
+    """Interval bounds of ``C · y`` (C of shape (B, S, n)) from a box on y."""
+    l, u = box
+    B = l.shape[0]
+    l, u = l.reshape(B, -1, 1), u.reshape(B, -1, 1)
+    Cp, Cn = C.clamp(min=0), C.clamp(max=0)
+    return (Cp @ l + Cn @ u).squeeze(-1), (Cp @ u + Cn @ l).squeeze(-1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from veracity.bounds import rules
-from veracity.bounds.ibp import Bounds
+from veracity.bounds.ibp import Bounds, ibp_node, spec_interval
 from veracity.graph import ops
 from veracity.graph.ir import Graph, UnsupportedError
 
@@ -128,7 +128,11 @@ def lbp_forward(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: s
         if n.op == "input":
             bounds[n.name] = (lower.reshape(B, *n.shape), upper.reshape(B, *n.shape))
         else:
-            bounds[n.name] = (_concretize(f.Lw, f.Lb, c, r, False), _concretize(f.Uw, f.Ub, c, r, True))
+            lo, hi = _concretize(f.Lw, f.Lb, c, r, False), _concretize(f.Uw, f.Ub, c, r, True)
+            if lines == "tight":  # never looser than one IBP step (LBP's theorem covers ReLU nets only)
+                l_ibp, u_ibp = ibp_node(graph, n, bounds, B, dtype, device)
+                lo, hi = torch.maximum(lo, l_ibp), torch.minimum(hi, u_ibp)
+            bounds[n.name] = lo, hi
         for i in n.inputs:  # free forms no later node needs
             remaining[i] -= 1
             if remaining[i] == 0 and i != graph.output_name:
@@ -144,7 +148,7 @@ def lbp_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: st
 def lbp(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
         lines: str = "tight") -> rules.Interval:
     """Bounds of ``C · y`` (C of shape (B, S, n_outputs)) from the output's forward linear bounds."""
-    f, _ = lbp_forward(graph, lower, upper, lines)
+    f, bounds = lbp_forward(graph, lower, upper, lines)
     B, n_in = lower.shape[0], graph.n_inputs
     Cp, Cn = C.clamp(min=0), C.clamp(max=0)
     Lw, Uw = f.Lw.reshape(B, n_in, -1), f.Uw.reshape(B, n_in, -1)
@@ -156,4 +160,7 @@ def lbp(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
     c, r = ((upper + lower) / 2).reshape(B, 1, n_in), ((upper - lower) / 2).reshape(B, 1, n_in)
     lo = (c @ low_w - r @ low_w.abs()).squeeze(1) + low_b
     hi = (c @ up_w + r @ up_w.abs()).squeeze(1) + up_b
+    if lines == "tight":
+        l_ibp, u_ibp = spec_interval(C, bounds[graph.output_name])
+        lo, hi = torch.maximum(lo, l_ibp), torch.minimum(hi, u_ibp)
     return lo, hi
