@@ -32,6 +32,10 @@ def rounding_margin(dtype: torch.dtype) -> float:
     return max(ROUNDING_MARGIN, 1024 * torch.finfo(dtype).eps)
 
 
+def _float64(x) -> torch.Tensor:
+    return x.detach().to("cpu", torch.float64) if torch.is_tensor(x) else torch.tensor(np.asarray(x, np.float64))
+
+
 def _outward(x: torch.Tensor, dtype: torch.dtype, direction: float) -> torch.Tensor:
     """``x`` (float64) in ``dtype``, rounded away from the box (direction -inf for lower, +inf for upper)."""
     y = x.to(dtype)
@@ -70,12 +74,10 @@ def bound_spec(graph: Graph, lower, upper, C=None, method: str = "crown", lines:
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    lower = _outward(torch.tensor(np.array(lower, dtype=np.float64)), dtype, -torch.inf)
-    upper = _outward(torch.tensor(np.array(upper, dtype=np.float64)), dtype, torch.inf)
+    lower = _outward(_float64(lower), dtype, -torch.inf)
+    upper = _outward(_float64(upper), dtype, torch.inf)
     B = lower.shape[0]
-    if C is None:
-        C = torch.eye(graph.n_outputs, dtype=dtype)
-    C = torch.tensor(np.asarray(C), dtype=dtype)
+    C = torch.eye(graph.n_outputs, dtype=dtype) if C is None else _float64(C).to(dtype)
     if C.dim() == 2:
         C = C.unsqueeze(0).expand(B, -1, -1)
     with torch.no_grad() if method != "alpha" else torch.enable_grad():
