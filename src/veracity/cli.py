@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
+import pkgutil
 import sys
 import time
 from contextlib import nullcontext
@@ -16,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from veracity import examples
+from veracity import commands, examples
 from veracity.bounds import METHODS, bound_spec
 from veracity.graph import OnnxImportError, UnsupportedError, load_onnx
 from veracity.graph.onnx_import import resolve_path
@@ -55,7 +57,8 @@ def _load(model: Path, spec_path: Path | None):
     return graph, spec
 
 
-def _run(fn):
+def guard(fn):
+    """Run ``fn``; a :class:`BadInput` becomes one red line on stderr and exit code 2."""
     try:
         fn()
     except BadInput as e:
@@ -75,7 +78,7 @@ def bound(
     upper: Annotated[float, typer.Option(help="without SPEC: upper bound of every input")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ):
-    """Bound the raw outputs Y_0..Y_{n-1} over each input box of SPEC (or over [lower, upper]^n)."""
+    """Bound the raw outputs Y_0..Y_{n-1} over each input box of SPEC (or over one box, --lower to --upper in every input)."""
 
     def go():
         graph, s = _load(model, spec)
@@ -103,7 +106,7 @@ def bound(
             out.print(table)
         out.print(f"time: {dt:.4f} s")
 
-    _run(go)
+    guard(go)
 
 
 def _verify(graph, spec, model: Path, timeout: float, methods, result: Path | None, quiet: bool = False):
@@ -148,7 +151,7 @@ def verify_cmd(
         graph, s = _load(model, spec)
         _verify(graph, s, model, timeout, ms, result)
 
-    _run(go)
+    guard(go)
 
 
 @app.command()
@@ -176,6 +179,14 @@ def demo():
         table.add_row(m, f"[{'green' if worst > 0 else 'red'}]{worst:+.4f}[/]", f"{time.perf_counter() - t:.3f} s")
     out.print(table)
     _verify(graph, spec, model, 60.0, list(DEFAULT_METHODS), None)
+
+
+def _register_commands():
+    for m in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{m.name}").register(app)
+
+
+_register_commands()
 
 
 def main():
