@@ -47,14 +47,6 @@ RANDOM_NETS = settings(deadline=None, derandomize=True, database=None,
                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: OpenMP threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # -- helpers ------------------------------------------------------------------------------------------
 

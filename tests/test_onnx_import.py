@@ -25,14 +25,6 @@ BENCH_ONNX = sorted(BENCHMARKS.glob("*/onnx/*.onnx.gz"))
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall badly on a loaded machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # -- helpers ----------------------------------------------------------------------------------------
 

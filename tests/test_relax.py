@@ -63,14 +63,6 @@ def intervals(seed: int = 0, n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(ls), torch.cat(us)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: OpenMP threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 L, U = intervals()
 T = torch.linspace(0.0, 1.0, 513, dtype=D)

@@ -15,14 +15,6 @@ import torch.nn.functional as F
 from veracity.graph import Graph, UnsupportedError, from_torch, ops
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def randomize_bn(m: nn.Module, gen: torch.Generator) -> nn.Module:
     """Non-trivial batch-norm statistics and affine parameters."""
     for mod in m.modules():

@@ -78,7 +78,7 @@ def bound(
     upper: Annotated[float, typer.Option(help="without SPEC: upper bound of every input")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ):
-    """Bound the raw outputs Y_0..Y_{n-1} over each input box of SPEC (or over one box, --lower to --upper in every input)."""
+    """Bound the raw outputs Y_0..Y_{n-1} over each input box of SPEC (or over --lower..--upper in every input)."""
 
     def go():
         graph, s = _load(model, spec)
