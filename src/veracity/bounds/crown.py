@@ -40,6 +40,14 @@ def _match(t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == a.dim() else t.unsqueeze(1)
 
 
+def _dot(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sum over a node's elements of a·t, for a (B, S, *shape) and t (B, *shape) or (B, S, *shape)."""
+    B, S = a.shape[:2]
+    if t.dim() == a.dim():
+        return (a * t).reshape(B, S, -1).sum(-1)
+    return torch.bmm(a.reshape(B, S, -1), t.reshape(B, -1, 1)).squeeze(-1)
+
+
 def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: str = "tight",
              alphas: dict | None = None, return_input_coeffs: bool = False):
     """Lower bounds (B, S) of ``A0 · start`` over the input box ``bounds[graph.input_name]``.
@@ -84,10 +92,11 @@ def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: 
             if alpha is not None:
                 ins = [(l.unsqueeze(1), u.unsqueeze(1)) for l, u in ins]
             nl = rules.lines_for(n, p, ins, lines, alpha)
-            ap, an = a.clamp(min=0), a.clamp(max=0)
+            # lower line where the coefficient is positive, upper line where negative: a·l + min(a, 0)·(u − l)
+            an = a.clamp(max=0)
             for k, i in enumerate(n.inputs):
-                push(i, ap * _match(nl.lw[k], a) + an * _match(nl.uw[k], a))
-            bias = bias + (ap * _match(nl.lb, a) + an * _match(nl.ub, a)).reshape(B, S, -1).sum(-1)
+                push(i, a * _match(nl.lw[k], a) + an * _match(nl.uw[k] - nl.lw[k], a))
+            bias = bias + _dot(a, nl.lb) + _dot(an, nl.ub - nl.lb)
         else:
             raise UnsupportedError(f"CROWN has no relaxation for op '{n.op}' ({n.origin or n.name})")
     if lower is None:  # the node does not depend on the input

@@ -38,9 +38,13 @@ def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, li
 
 
 def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
-                deadline: float | None = None, batch: int = 256, lines: str = "tight",
+                deadline: float | None = None, batch: int = 256, lines: str = "adaptive",
                 max_boxes: int = 2_000_000) -> BabResult:
-    """Decide the still-open regions (``open_[case][region]``, default all) by splitting input boxes."""
+    """Decide the still-open regions (``open_[case][region]``, default all) by splitting input boxes.
+
+    Adaptive lines by default: on ACAS Xu they close sub-boxes with several times fewer splits than tight
+    lines (bench/vnncomp.py).
+    """
     total = 0
     for ci, case in enumerate(spec.cases):
         regions = [r for j, r in enumerate(case.regions) if open_ is None or open_[ci][j]]

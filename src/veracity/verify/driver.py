@@ -110,7 +110,7 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
             if branch and graph.n_inputs <= INPUT_SPLIT_MAX_DIM:
-                r = input_split(graph, spec, checker, open_, deadline=deadline, lines=lines)
+                r = input_split(graph, spec, checker, open_, deadline=deadline)
                 log.append(f"input split: {r.status} after {r.boxes} boxes ({time.monotonic() - t0:.2f}s)")
                 if r.status == "sat":
                     return done("sat", "input-split", *r.witness)
