@@ -7,6 +7,8 @@ first iterate uses CROWN's own lines, so the result is never looser than CROWN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from veracity.bounds import rules
@@ -24,6 +26,50 @@ def _init_alpha(op: str, key: str, l: torch.Tensor, u: torch.Tensor, lines: str)
     return torch.where(l >= 0, torch.full_like(l, 0.5), torch.zeros_like(l))
 
 
+def init_alphas(graph: Graph, bounds: Bounds, rows: int, lines: str) -> dict[str, dict[str, torch.Tensor]]:
+    """One set of optimisable line parameters per row, (B, rows, *shape), reproducing CROWN's lines."""
+    params: dict[str, dict[str, torch.Tensor]] = {}
+    for n in graph.nodes.values():
+        keys = rules.ALPHA_KEYS.get(n.op)
+        if not keys:
+            continue
+        l, u = bounds[n.inputs[0]]
+        B = l.shape[0]
+        params[n.name] = {
+            k: _init_alpha(n.op, k, l, u, lines).unsqueeze(1).expand(B, rows, *n.shape).clone().requires_grad_(True)
+            for k in keys
+        }
+    return params
+
+
+def maximise(value: Callable[[], torch.Tensor], params: list[tuple[torch.Tensor, float, float]], iters: int,
+             lr: float) -> torch.Tensor:
+    """Projected Adam ascent of ``value()`` (B, S) over ``params`` (tensor, low, high); every value of the
+    parameters in their ranges gives a valid bound, so the best value seen per entry is returned.
+    (Hand-written: torch.optim's first use is slow.)"""
+    leaves = [t for t, _, _ in params]
+    with torch.no_grad():
+        best = value()
+    if not leaves or iters <= 0:
+        return best
+    m = [torch.zeros_like(t) for t in leaves]
+    v = [torch.zeros_like(t) for t in leaves]
+    b1, b2 = 0.9, 0.999
+    for it in range(1, iters + 1):
+        val = value()
+        best = torch.maximum(best, val.detach())
+        grads = torch.autograd.grad(val.sum(), leaves, allow_unused=True)
+        with torch.no_grad():
+            for (t, lo, hi), g, mt, vt in zip(params, grads, m, v, strict=True):
+                if g is None:
+                    continue
+                mt.mul_(b1).add_(g, alpha=1 - b1)
+                vt.mul_(b2).addcmul_(g, g, value=1 - b2)
+                t.add_(lr * (mt / (1 - b1**it)) / ((vt / (1 - b2**it)).sqrt() + 1e-8)).clamp_(lo, hi)
+    with torch.no_grad():
+        return torch.maximum(best, value())
+
+
 def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, pre: Bounds | None = None,
                 lines: str = "tight", iters: int = 20, lr: float = 0.5) -> rules.Interval:
     """Bounds of ``C · y`` (C of shape (B, S, n_outputs)) with lines optimised for each row."""
@@ -33,36 +79,7 @@ def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch
     out = graph.output
     A0 = C.reshape(B, S, *out.shape)
     A0 = torch.cat([A0, -A0], 1)
-    params: dict[str, dict[str, torch.Tensor]] = {}
-    for n in graph.nodes.values():
-        keys = rules.ALPHA_KEYS.get(n.op)
-        if not keys:
-            continue
-        l, u = bounds[n.inputs[0]]
-        params[n.name] = {
-            k: _init_alpha(n.op, k, l, u, lines).unsqueeze(1).expand(B, 2 * S, *n.shape).clone().requires_grad_(True)
-            for k in keys
-        }
-    with torch.no_grad():
-        best = backward(graph, out.name, A0, bounds, lines, params)
-    leaves = [t for d in params.values() for t in d.values()]
-    if leaves and iters > 0:
-        # Adam ascent on the bound, projected to [0, 1] (hand-written: torch.optim's first use is slow)
-        m = [torch.zeros_like(t) for t in leaves]
-        v = [torch.zeros_like(t) for t in leaves]
-        b1, b2 = 0.9, 0.999
-        for it in range(1, iters + 1):
-            val = backward(graph, out.name, A0, bounds, lines, params)
-            best = torch.maximum(best, val.detach())
-            grads = torch.autograd.grad(val.sum(), leaves, allow_unused=True)
-            with torch.no_grad():
-                for t, g, mt, vt in zip(leaves, grads, m, v, strict=True):
-                    if g is None:
-                        continue
-                    mt.mul_(b1).add_(g, alpha=1 - b1)
-                    vt.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    step = lr * (mt / (1 - b1**it)) / ((vt / (1 - b2**it)).sqrt() + 1e-8)
-                    t.add_(step).clamp_(0.0, 1.0)
-        with torch.no_grad():
-            best = torch.maximum(best, backward(graph, out.name, A0, bounds, lines, params))
+    params = init_alphas(graph, bounds, 2 * S, lines)
+    leaves = [(t, 0.0, 1.0) for d in params.values() for t in d.values()]
+    best = maximise(lambda: backward(graph, out.name, A0, bounds, lines, params), leaves, iters, lr)
     return best[:, :S], -best[:, S:]

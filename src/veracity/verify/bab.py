@@ -1,20 +1,28 @@
-"""Branch and bound over the input box, for networks with few inputs.
+"""Branch and bound: over the input box (few inputs), or over ReLU phases (β-CROWN).
 
-Sub-boxes are bounded in batches by CROWN. A box is closed once every bad region still open on it has a
-row whose lower bound exceeds its threshold; otherwise the network is evaluated at a few candidate points
-of the box (confirmed counterexamples end the search) and the box is split in two along the input whose
-coefficient in the most promising row's linear bound, times the box's width there, is largest.
+Input splitting: sub-boxes are bounded in batches by CROWN. A box is closed once every bad region still
+open on it has a row whose lower bound exceeds its threshold; otherwise the network is evaluated at a few
+candidate points of the box (confirmed counterexamples end the search) and the box is split in two along
+the input whose coefficient in the most promising row's linear bound, times the box's width there, is
+largest.
+
+ReLU splitting: a domain fixes the phase of some unstable ReLUs (z >= 0 or z <= 0). Each split both
+clamps the neuron's bounds (so its relaxation becomes exact) and enters the final bound as a Lagrangian
+term -β·s·z with β >= 0 (β-CROWN), optimised together with the lower-line slopes α; every (α, β) gives a
+sound bound. Domains are bounded in batches, worst bound first; the neuron to split is the one whose
+relaxation gap, weighted by its coefficient in the bound, is largest (BaBSR-style).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from veracity.bounds import widen
+from veracity.bounds.alpha import init_alphas, maximise
 from veracity.bounds.crown import backward, crown_bounds
 from veracity.graph.ir import Graph
 from veracity.spec.core import Spec
@@ -25,7 +33,7 @@ from veracity.verify.attack import Checker
 class BabResult:
     status: str  # "sat" | "unsat" | "timeout" | "unknown"
     witness: tuple[np.ndarray, np.ndarray] | None = None
-    boxes: int = 0  # sub-boxes bounded
+    boxes: int = 0  # sub-problems bounded (boxes or domains)
 
 
 def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, lines: str):
@@ -102,3 +110,180 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
             hi_q = torch.cat([hi_q, hi_left, hi])
             open_q = torch.cat([open_q, op, op])
     return BabResult("unsat", None, total)
+
+
+def _relu_inputs(graph: Graph) -> list[str]:
+    """Inputs of ReLU/LeakyReLU nodes: the neurons ReLU splitting may fix."""
+    seen = []
+    for n in graph.nodes.values():
+        if n.op in ("relu", "leaky_relu") and n.inputs[0] not in seen:
+            seen.append(n.inputs[0])
+    return seen
+
+
+@dataclass
+class _Domains:
+    """Sub-problems of one input box: per ReLU input node, bounds and split signs (+1 z >= 0, -1 z <= 0);
+    after bounding, each domain's margin, the neuron to split next and a candidate counterexample."""
+
+    lower: dict[str, torch.Tensor]  # (D, size)
+    upper: dict[str, torch.Tensor]
+    sign: dict[str, torch.Tensor]
+    margin: torch.Tensor  # (D,) best lower bound minus threshold over the region's rows (<= 0: open)
+    node: torch.Tensor  # (D,) index into the ReLU input nodes of the neuron to split next (-1: none left)
+    index: torch.Tensor  # (D,) its flat index
+    coeffs: torch.Tensor  # (D, n_inputs) input coefficients of the worst row's linear bound
+
+    def __len__(self):
+        return self.margin.shape[0]
+
+    def take(self, idx: torch.Tensor) -> _Domains:
+        def pick(v):
+            return {k: t[idx] for k, t in v.items()} if isinstance(v, dict) else v[idx]
+
+        return _Domains(*[pick(getattr(self, f.name)) for f in fields(self)])
+
+    def __add__(self, other: _Domains) -> _Domains:
+        def join(a, b):
+            return {k: torch.cat([a[k], b[k]]) for k in a} if isinstance(a, dict) else torch.cat([a, b])
+
+        return _Domains(*[join(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)])
+
+
+class _SplitBounder:
+    """β-CROWN bounds of one region's rows ``C y`` (threshold b) on batches of domains of one box."""
+
+    def __init__(self, graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, b: torch.Tensor,
+                 iters: int, lr: float):
+        self.graph, self.C, self.b, self.iters, self.lr = graph, C, b, iters, lr
+        self.pre = _relu_inputs(graph)
+        tight = crown_bounds(graph, lo, hi, "tight")
+        self.root = {k: (torch.maximum(l, tight[k][0]), torch.minimum(u, tight[k][1]))
+                     for k, (l, u) in crown_bounds(graph, lo, hi, "adaptive").items()}
+        self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
+
+    def root_domains(self) -> _Domains:
+        flat = lambda t: t.reshape(1, -1)  # noqa: E731
+        lower = {p: flat(self.root[p][0]) for p in self.pre}
+        upper = {p: flat(self.root[p][1]) for p in self.pre}
+        sign = {p: torch.zeros_like(lower[p], dtype=torch.int8) for p in self.pre}
+        return self.bound(lower, upper, sign)
+
+    def bound(self, lower: dict, upper: dict, sign: dict) -> _Domains:
+        """Bound every domain given by its ReLU input bounds and split signs."""
+        g, D = self.graph, next(iter(lower.values())).shape[0]
+        bounds = {k: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:])) for k, (l, u) in self.root.items()}
+        for p in self.pre:
+            shape = g.nodes[p].shape
+            bounds[p] = lower[p].reshape(D, *shape), upper[p].reshape(D, *shape)
+        S = self.C.shape[0]
+        A0 = self.C.reshape(1, S, *g.output_shape).expand(D, -1, *g.output_shape)
+        alphas = init_alphas(g, bounds, S, "adaptive")
+        betas = {p: torch.zeros(D, S, g.nodes[p].size, dtype=A0.dtype, requires_grad=True)
+                 for p in self.pre if bool(sign[p].any())}
+
+        def extra():
+            return {p: (-beta * sign[p].unsqueeze(1)).reshape(D, S, *g.nodes[p].shape) for p, beta in betas.items()}
+
+        def value():
+            return backward(g, g.output_name, A0, bounds, "adaptive", alphas, extra=extra())
+
+        params = [(t, 0.0, 1.0) for a in alphas.values() for t in a.values()] + [(t, 0.0, torch.inf)
+                                                                              for t in betas.values()]
+        with torch.enable_grad():
+            lb = maximise(value, params, self.iters, self.lr)
+        record: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            _, coeffs = backward(g, g.output_name, A0, bounds, "adaptive", alphas, True, extra(), record)
+        lb = widen((lb, lb))[0]
+        margin, row = (lb - self.b).max(1)
+        # next split: the unstable neuron with the largest relaxation gap weighted by its coefficient
+        best_score = torch.full((D,), -1.0, dtype=lb.dtype)
+        node = torch.full((D,), -1, dtype=torch.long)
+        index = torch.zeros(D, dtype=torch.long)
+        rows = torch.arange(D)
+        for k, p in enumerate(self.pre):
+            l, u = lower[p], upper[p]
+            lam = record.get(self.relu_of[p], torch.zeros(D, S, l.shape[1], dtype=l.dtype)).reshape(D, S, -1)[rows, row]
+            unstable = (l < 0) & (u > 0)
+            gap = torch.where(unstable, -l * u / torch.where(unstable, u - l, torch.ones_like(u)), torch.zeros_like(u))
+            score = torch.where(unstable, (-lam).clamp(min=0) * gap + 1e-4 * lam.abs() * torch.minimum(-l, u) + 1e-12,
+                                torch.full_like(u, -1.0))
+            s, i = score.max(1)
+            better = s > best_score
+            best_score = torch.where(better, s, best_score)
+            node = torch.where(better, torch.full_like(node, k), node)
+            index = torch.where(better, i, index)
+        return _Domains(lower, upper, sign, margin, node, index, coeffs[rows, row])
+
+    def split(self, d: _Domains) -> _Domains:
+        """Each domain split on its chosen neuron, both halves bounded: the z >= 0 halves, then the z <= 0."""
+        D = len(d)
+        lower = {p: torch.cat([v, v]) for p, v in d.lower.items()}
+        upper = {p: torch.cat([v, v]) for p, v in d.upper.items()}
+        sign = {p: torch.cat([v, v]) for p, v in d.sign.items()}
+        for k, p in enumerate(self.pre):
+            sel = (d.node == k).nonzero().flatten()
+            if not sel.numel():
+                continue
+            idx = d.index[sel]
+            lower[p][sel, idx] = lower[p][sel, idx].clamp(min=0)
+            upper[p][sel + D, idx] = upper[p][sel + D, idx].clamp(max=0)
+            sign[p][sel, idx] = 1
+            sign[p][sel + D, idx] = -1
+        return self.bound(lower, upper, sign)
+
+
+def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
+               deadline: float | None = None, batch: int = 64, iters: int = 10, lr: float = 0.1,
+               max_domains: int = 200_000) -> BabResult:
+    """Decide the still-open regions by splitting ReLU phases, each region on its own."""
+    total = 0
+    for ci, case in enumerate(spec.cases):
+        lo = torch.tensor(case.box.lower)[None]
+        hi = torch.tensor(case.box.upper)[None]
+        for j, region in enumerate(case.regions):
+            if open_ is not None and not open_[ci][j]:
+                continue
+            if region.A.shape[0] == 0:
+                hit = checker.check(case.box.center, ci)
+                return BabResult("sat", hit, total) if hit else BabResult("unknown", None, total)
+            C, b = torch.tensor(region.A), torch.tensor(region.b)
+            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr)
+            queue = bounder.root_domains()
+            total += 1
+            while True:
+                hit = _check_candidates(graph, checker, ci, C, b, lo, hi, queue)
+                if hit is not None:
+                    return BabResult("sat", hit, total)
+                queue = queue.take((queue.margin <= 0).nonzero().flatten())
+                if not len(queue):
+                    break
+                if bool((queue.node < 0).any()):  # no unstable neuron left and still open: no proof this way
+                    return BabResult("unknown", None, total)
+                if deadline is not None and time.monotonic() > deadline:
+                    return BabResult("timeout", None, total)
+                if len(queue) > max_domains:
+                    return BabResult("unknown", None, total)
+                order = torch.argsort(queue.margin)  # worst first
+                now, rest = queue.take(order[:batch]), queue.take(order[batch:])
+                kids = bounder.split(now)
+                total += len(kids)
+                queue = rest + kids
+    return BabResult("unsat", None, total)
+
+
+def _check_candidates(graph, checker, ci, C, b, lo, hi, d: _Domains):
+    """Evaluate the network where each open domain's worst linear bound is minimal; confirm violations."""
+    open_ = (d.margin <= 0).nonzero().flatten()
+    if not open_.numel():
+        return None
+    x = torch.where(d.coeffs[open_] > 0, lo, hi)
+    with torch.no_grad():
+        y = graph(x).reshape(x.shape[0], -1)
+    inside = (y @ C.T <= b).all(1)
+    for k in inside.nonzero().flatten().tolist()[:8]:
+        hit = checker.check(x[k].numpy(), ci)
+        if hit is not None:
+            return hit
+    return None

@@ -20,7 +20,7 @@ from veracity.bounds import bound_spec
 from veracity.graph.ir import Graph
 from veracity.spec.core import Spec
 from veracity.verify.attack import Checker, pgd_attack
-from veracity.verify.bab import input_split
+from veracity.verify.bab import input_split, relu_split
 from veracity.verify.result import Result
 
 DEFAULT_METHODS = ("ibp", "crown", "alpha")
@@ -109,13 +109,15 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", method)
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
-            if branch and graph.n_inputs <= INPUT_SPLIT_MAX_DIM:
-                r = input_split(graph, spec, checker, open_, deadline=deadline)
-                log.append(f"input split: {r.status} after {r.boxes} boxes ({time.monotonic() - t0:.2f}s)")
+            if branch:
+                name, fn = (("input-split", input_split) if graph.n_inputs <= INPUT_SPLIT_MAX_DIM
+                            else ("relu-split", relu_split))
+                r = fn(graph, spec, checker, open_, deadline=deadline)
+                log.append(f"{name}: {r.status} after {r.boxes} sub-problems ({time.monotonic() - t0:.2f}s)")
                 if r.status == "sat":
-                    return done("sat", "input-split", *r.witness)
+                    return done("sat", name, *r.witness)
                 if r.status in ("unsat", "timeout"):
-                    return done(r.status, "input-split" if r.status == "unsat" else "")
+                    return done(r.status, name if r.status == "unsat" else "")
             return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
     except Timeout:
         return done("timeout")
