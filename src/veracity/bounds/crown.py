@@ -191,6 +191,8 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     its input's bounds (that is its IBP step); and when every consumer is a ReLU, only neurons the
     reference leaves unstable in some box get a backward pass, and neurons stable in a box keep the
     reference there. With tight lines CROWN's bounds are also intersected with the reference.
+    ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
+    much tighter intermediate bounds on ACAS Xu sub-boxes).
     """
     B, dtype, device = lower.shape[0], lower.dtype, lower.device
     bounds: Bounds = {graph.input_name: (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))}
@@ -213,8 +215,13 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
             l_ref, u_ref, keep = l[:, rows], u[:, rows], ~unstable[:, rows]
         else:
             l_ref, u_ref = l, u
-        lo, hi = node_bounds(graph, name, bounds, lines, rows)
-        if lines == "tight":
+        if lines == "both":
+            lo, hi = node_bounds(graph, name, bounds, "tight", rows)
+            lo2, hi2 = node_bounds(graph, name, bounds, "adaptive", rows)
+            lo, hi = torch.maximum(lo, lo2), torch.minimum(hi, hi2)
+        else:
+            lo, hi = node_bounds(graph, name, bounds, lines, rows)
+        if lines in ("tight", "both"):
             lo, hi = torch.maximum(lo, l_ref), torch.minimum(hi, u_ref)
         elif keep is not None:
             lo, hi = torch.where(keep, l_ref, lo), torch.where(keep, u_ref, hi)
