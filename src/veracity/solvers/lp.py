@@ -22,6 +22,8 @@ makes this valid for any multipliers, however inaccurate the solve.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +128,30 @@ def _flat(t: torch.Tensor, b: int) -> np.ndarray:
 # -- the model ----------------------------------------------------------------------------------------
 
 
+_quiet_started = False
+
+
+def new_highs() -> highspy.Highs:
+    """A silent HiGHS instance. The first one a process makes prints a banner on file descriptor 1 (it
+    would corrupt ``bound --json`` and witness output), so that one is made with fd 1 pointed at null."""
+    global _quiet_started
+    if _quiet_started:
+        h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+        _quiet_started = True
+    h.silent()
+    return h
+
+
 class Model:
     """The HiGHS model of ``graph`` over box ``box`` of ``bounds`` (a Bounds dict with a batch dimension).
 
@@ -145,8 +171,7 @@ class Model:
         for name in graph.nodes:
             lo, hi = _flat(bounds[name][0], box), _flat(bounds[name][1], box)
             self.lower[name], self.upper[name] = np.minimum(lo, hi), np.maximum(lo, hi)
-        self.h = highspy.Highs()
-        self.h.silent()
+        self.h = new_highs()
         self.h.setOptionValue("presolve", "off" if not integer else "choose")
         if time_limit is not None:
             self.h.setOptionValue("time_limit", float(time_limit))

@@ -50,9 +50,18 @@ class Minimum:
     x: np.ndarray | None
 
 
-def _check_graph(graph: Graph, encoders: dict[str, Encoder] | None) -> None:
+def _unsupported(graph: Graph, encoders: dict[str, Encoder] | None = None) -> list[str]:
     ok = set(PIECEWISE_LINEAR) | set(encoders or {}) | {"input", "const"}
-    bad = sorted({n.op for n in graph.nodes.values() if n.op not in ok and not ops.OPS[n.op].linear})
+    return sorted({n.op for n in graph.nodes.values() if n.op not in ok and not ops.OPS[n.op].linear})
+
+
+def supports(graph: Graph) -> bool:
+    """Whether the default encoders model ``graph`` exactly (every op linear or piecewise linear)."""
+    return not _unsupported(graph)
+
+
+def _check_graph(graph: Graph, encoders: dict[str, Encoder] | None) -> None:
+    bad = _unsupported(graph, encoders)
     if bad:
         raise UnsupportedError(f"the MILP handles piecewise-linear graphs ({', '.join(PIECEWISE_LINEAR)} and linear "
                                f"ops); this graph has {', '.join(bad)} (pass encoders= for these)")
@@ -213,4 +222,4 @@ def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tupl
     return ("unknown",)
 
 
-__all__ = ["Minimum", "UNSAT_MARGIN", "build_milp", "decide_case", "milp_bounds", "milp_minimum"]
+__all__ = ["Minimum", "UNSAT_MARGIN", "build_milp", "decide_case", "milp_bounds", "milp_minimum", "supports"]

@@ -25,7 +25,8 @@ from veracity.bounds import widen
 from veracity.bounds.alpha import init_alphas, maximise
 from veracity.bounds.crown import backward, crown_bounds
 from veracity.graph.ir import Graph
-from veracity.spec.core import Spec
+from veracity.solvers.milp import decide_case
+from veracity.spec.core import Case, Spec
 from veracity.verify.attack import Checker
 
 
@@ -112,7 +113,7 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
     return BabResult("unsat", None, total)
 
 
-def _relu_inputs(graph: Graph) -> list[str]:
+def relu_inputs(graph: Graph) -> list[str]:
     """Inputs of ReLU/LeakyReLU nodes: the neurons ReLU splitting may fix."""
     seen = []
     for n in graph.nodes.values():
@@ -156,7 +157,7 @@ class _SplitBounder:
     def __init__(self, graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, b: torch.Tensor,
                  iters: int, lr: float):
         self.graph, self.C, self.b, self.iters, self.lr = graph, C, b, iters, lr
-        self.pre = _relu_inputs(graph)
+        self.pre = relu_inputs(graph)
         self.root = crown_bounds(graph, lo, hi, "both")
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
@@ -214,6 +215,14 @@ class _SplitBounder:
             index = torch.where(better, i, index)
         return _Domains(lower, upper, sign, margin, node, index, coeffs[rows, row])
 
+    def exact(self, d: _Domains, k: int, box, region) -> tuple:
+        """Decide region on domain k exactly (by MILP, which has no binaries once every ReLU is fixed)."""
+        pre = dict(self.root)
+        for p in self.pre:
+            shape = self.graph.nodes[p].shape
+            pre[p] = d.lower[p][k].reshape(1, *shape), d.upper[p][k].reshape(1, *shape)
+        return decide_case(self.graph, Case(box, (region,)), pre=pre)
+
     def split(self, d: _Domains) -> _Domains:
         """Each domain split on its chosen neuron, both halves bounded: the z >= 0 halves, then the z <= 0."""
         D = len(d)
@@ -257,8 +266,18 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 queue = queue.take((queue.margin <= 0).nonzero().flatten())
                 if not len(queue):
                     break
-                if bool((queue.node < 0).any()):  # no unstable neuron left and still open: no proof this way
-                    return BabResult("unknown", None, total)
+                for k in (queue.node < 0).nonzero().flatten().tolist():  # every ReLU fixed: the LP is exact
+                    verdict = bounder.exact(queue, k, case.box, region)
+                    if verdict[0] == "sat":
+                        hit = checker.check(verdict[1], ci)
+                        if hit is not None:
+                            return BabResult("sat", hit, total)
+                    if verdict[0] != "unsat":
+                        return BabResult("unknown", None, total)
+                    queue.margin[k] = torch.inf
+                queue = queue.take((queue.margin <= 0).nonzero().flatten())
+                if not len(queue):
+                    break
                 if deadline is not None and time.monotonic() > deadline:
                     return BabResult("timeout", None, total)
                 if len(queue) > max_domains:

@@ -3,6 +3,12 @@
 A bad region ``A y <= b`` of a case is proven unreachable when some row has a lower bound of ``A_i y``
 above ``b_i`` over the case's box. The property is proven (``unsat``) when every region of every case is.
 Each method only sees the regions still open.
+
+After the bounding methods: branch and bound (input splitting for few inputs, ReLU splitting otherwise),
+then the exact MILP for piecewise-linear networks. A network with at most ``MILP_FIRST_UNSTABLE`` unstable
+ReLUs in every open case goes to the MILP straight away (it decides such problems in milliseconds, where
+splitting can take long near the decision boundary); otherwise branch and bound gets ``BAB_SHARE`` of the
+time left and the MILP the rest.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import numpy as np
 import torch
 
 from veracity.bounds import bound_spec
+from veracity.bounds.crown import crown_bounds
 from veracity.graph.ir import Graph
-from veracity.spec.core import Spec
+from veracity.solvers import milp
+from veracity.spec.core import Case, Spec
 from veracity.verify.attack import Checker, pgd_attack
-from veracity.verify.bab import input_split, relu_split
+from veracity.verify.bab import input_split, relu_inputs, relu_split
 from veracity.verify.result import Result
 
 DEFAULT_METHODS = ("ibp", "crown", "alpha")
 INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
+MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
+BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 
 
 class Timeout(Exception):
@@ -75,6 +85,43 @@ def open_regions(graph: Graph, spec: Spec, method: str, open_: list[list[bool]],
             start += m
 
 
+def max_unstable(graph: Graph, spec: Spec, open_: list[list[bool]]) -> int:
+    """The most unstable ReLU/LeakyReLU inputs (by full CROWN) in any case with open regions."""
+    todo = [ci for ci, flags in enumerate(open_) if any(flags)]
+    if not todo:
+        return 0
+    lo = torch.tensor(np.stack([spec.cases[ci].box.lower for ci in todo]))
+    hi = torch.tensor(np.stack([spec.cases[ci].box.upper for ci in todo]))
+    bounds = crown_bounds(graph, lo, hi)
+    count = torch.zeros(len(todo), dtype=torch.long)
+    for p in relu_inputs(graph):
+        l, u = bounds[p]
+        count += ((l < 0) & (u > 0)).reshape(len(todo), -1).sum(1)
+    return int(count.max())
+
+
+def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]], deadline: float | None):
+    """Decide the open regions by the exact MILP: ("sat", (x, y)), ("unsat", None) or ("unknown", None)."""
+    for ci, case in enumerate(spec.cases):
+        regions = tuple(r for r, f in zip(case.regions, open_[ci], strict=True) if f)
+        if not regions:
+            continue
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return "unknown", None
+        lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
+        verdict = milp.decide_case(graph, Case(case.box, regions), pre=crown_bounds(graph, lo, hi, "both"),
+                                   time_limit=left)
+        if verdict[0] == "sat":
+            hit = checker.check(verdict[1], ci)
+            if hit is not None:
+                return "sat", hit
+        if verdict[0] != "unsat":
+            return "unknown", None
+        open_[ci] = [False] * len(case.regions)
+    return "unsat", None
+
+
 def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
            onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight", branch: bool = True) -> Result:
     """Decide ``spec`` on ``graph``: sat (with a confirmed witness), unsat, unknown or timeout."""
@@ -109,15 +156,30 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", method)
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
-            if branch:
+            if not branch:
+                return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
+            exact = milp.supports(graph)
+            if not (exact and max_unstable(graph, spec, open_) <= MILP_FIRST_UNSTABLE):
                 name, fn = (("input-split", input_split) if graph.n_inputs <= INPUT_SPLIT_MAX_DIM
                             else ("relu-split", relu_split))
-                r = fn(graph, spec, checker, open_, deadline=deadline)
+                share = deadline
+                if exact and deadline is not None:
+                    share = time.monotonic() + BAB_SHARE * (deadline - time.monotonic())
+                r = fn(graph, spec, checker, open_, deadline=share)
                 log.append(f"{name}: {r.status} after {r.boxes} sub-problems ({time.monotonic() - t0:.2f}s)")
                 if r.status == "sat":
                     return done("sat", name, *r.witness)
-                if r.status in ("unsat", "timeout"):
-                    return done(r.status, name if r.status == "unsat" else "")
-            return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
+                if r.status == "unsat":
+                    return done("unsat", name)
+                if not exact:
+                    return done(r.status)
+            status, witness = milp_stage(graph, spec, checker, open_, deadline)
+            log.append(f"milp: {status} ({time.monotonic() - t0:.2f}s)")
+            if status == "sat":
+                return done("sat", "milp", *witness)
+            if status == "unsat":
+                return done("unsat", "milp")
+            timed_out = deadline is not None and time.monotonic() >= deadline
+            return done("timeout" if timed_out else "unknown", message="" if timed_out else "the MILP gave no verdict")
     except Timeout:
         return done("timeout")

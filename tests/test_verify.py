@@ -1,0 +1,174 @@
+"""Complete verification against exact answers: brute force ⇒ MILP ⇒ driver, input splitting and ReLU splitting.
+
+The exact MILP is checked against enumeration of every activation pattern (one LP each) on the tiniest nets;
+then every verdict of the driver and of both branch-and-bound flavours must equal the MILP's verdict on
+random small piecewise-linear networks (MLPs and conv nets with residual, concat and pooling layers) with
+random properties whose thresholds sit near the sampled minimum, so sat and unsat both occur. Every sat
+carries a witness inside the box whose output lies in a bad region.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+
+import nets
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+
+from veracity.solvers.milp import decide_case, milp_minimum
+from veracity.spec import Box, Case, Region, Spec
+from veracity.verify import driver
+from veracity.verify.attack import Checker
+from veracity.verify.bab import input_split, relu_split
+from veracity.verify.driver import verify
+
+
+def random_problem(seed: int, graph=None, maxpool: bool = True) -> tuple:
+    """A random piecewise-linear net (unless given) and a one-case spec with one or two bad regions.
+
+    Drawn nets are redrawn until CROWN leaves at most 24 ReLUs unstable, so the exact MILP takes milliseconds
+    (and, with ``maxpool=False``, until they have no max pooling).
+    """
+    rng = random.Random(seed)
+    while True:
+        g = graph
+        if g is None:
+            recipe = nets.random_spec(rng, piecewise_linear=True)
+            g = nets.build(dataclasses.replace(recipe, width=min(recipe.width, 8 if recipe.kind == "mlp" else 4)))
+        spec = _random_spec(g, rng, seed)
+        if graph is not None:
+            return g, spec
+        if (maxpool or "maxpool" not in g.op_counts()) and driver.max_unstable(g, spec, [[True]]) <= 24:
+            return g, spec
+
+
+def _random_spec(g, rng: random.Random, seed: int) -> Spec:
+    n, m = g.n_inputs, g.n_outputs
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, generator=gen, dtype=torch.float64)
+    r = torch.rand(n, generator=gen, dtype=torch.float64) * rng.choice([0.1, 0.5, 1.0]) + 0.02
+    lo, hi = c - r, c + r
+    xs = nets.sample_box(gen, lo, hi, n=1000)
+    with torch.no_grad():
+        ys = g(xs).reshape(xs.shape[0], -1).numpy()
+    regions = []
+    for _ in range(rng.choice([1, 1, 2])):
+        A = np.array([[rng.gauss(0, 1) for _ in range(m)] for _ in range(rng.randint(1, 2))])
+        v = ys @ A.T  # threshold: from a little above the sampled minimum to well below it
+        b = v.min(0) - np.array([rng.uniform(-0.05, 0.3) * (v[:, i].std() + 1e-3) for i in range(A.shape[0])])
+        regions.append(Region(A, b))
+    return Spec((Case(Box(lo.numpy(), hi.numpy()), tuple(regions)),), n, m)
+
+
+def assert_witness(spec: Spec, x, y, graph) -> None:
+    box = spec.cases[0].box
+    assert box.contains(x)
+    with torch.no_grad():
+        y_true = graph(torch.tensor(x)[None]).reshape(-1).numpy()
+    np.testing.assert_allclose(y, y_true, rtol=1e-9, atol=1e-9)
+    assert any(r.contains(y_true) for r in spec.cases[0].regions)
+
+
+# -- the oracle: MILP minimum equals the minimum over all activation patterns --------------------------
+
+
+def brute_force_minimum(graph, lo: np.ndarray, hi: np.ndarray, c: np.ndarray) -> float:
+    """min c·f(x) over the box: one LP per ReLU activation pattern of an MLP (linear and relu/leaky nodes)."""
+    layers = [n for n in graph.nodes.values() if n.op != "input"]
+    acts = [n for n in layers if n.op in ("relu", "leaky_relu")]
+    sizes = [n.size for n in acts]
+    best = np.inf
+    for pattern in itertools.product([0, 1], repeat=sum(sizes)):
+        M, off = np.eye(graph.n_inputs), np.zeros(graph.n_inputs)
+        A_ub, b_ub, k = [], [], 0
+        for n in layers:
+            if n.op == "linear":
+                W, b = n.params["W"].numpy(), n.params["b"].numpy()
+                M, off = W @ M, W @ off + b
+                continue
+            s = np.array(pattern[k : k + n.size], dtype=float)
+            k += n.size
+            sign = 2 * s - 1  # active: z >= 0, i.e. -z <= 0; inactive: z <= 0
+            A_ub.append(-sign[:, None] * M)
+            b_ub.append(sign * off)
+            slope = s + (1 - s) * (n.params.get("alpha", 0.0) if n.op == "leaky_relu" else 0.0)
+            M, off = slope[:, None] * M, slope * off
+        res = linprog(c @ M, A_ub=np.vstack(A_ub), b_ub=np.concatenate(b_ub), bounds=list(zip(lo, hi, strict=True)),
+                      method="highs")
+        if res.status == 0:
+            best = min(best, res.fun + c @ off)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_milp_minimum_equals_brute_force_on_tiny_nets(seed):
+    rng = random.Random(seed)
+    depth = rng.randint(1, 2)
+    widths = [rng.randint(2, 5 if depth == 1 else 3) for _ in range(depth)]
+    g = nets.mlp(seed, rng.randint(1, 3), widths, [rng.choice(["relu", "leaky_relu"]) for _ in widths], 2)
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = nets.random_boxes(gen, 1, g.n_inputs, degenerate=0.0)
+    lo, hi = lo[0].numpy(), hi[0].numpy()
+    c = np.array([1.0, rng.gauss(0, 1)])
+    exact = brute_force_minimum(g, lo, hi, c)
+    m = milp_minimum(g, lo, hi, c)
+    assert m.status == "optimal"
+    assert m.lower <= exact + 1e-9 and exact <= m.upper + 1e-9
+    assert m.upper - m.lower <= 1e-5 * (1 + abs(exact))
+    assert abs(float(c @ g(torch.tensor(m.x)[None]).reshape(-1).numpy()) - m.upper) <= 1e-9 * (1 + abs(m.upper))
+
+
+# -- every complete method agrees with the MILP -------------------------------------------------------
+
+DRIVER_SEEDS = range(1000)
+
+
+def test_driver_verdicts_equal_exact_milp_on_1000_random_nets(monkeypatch):
+    """Every sixth problem skips the MILP-first shortcut: branch and bound runs (briefly) before the MILP."""
+    counts = {"sat": 0, "unsat": 0}
+    for seed in DRIVER_SEEDS:
+        g, spec = random_problem(seed)
+        exact = decide_case(g, spec.cases[0])[0]
+        assert exact in ("sat", "unsat"), seed
+        monkeypatch.setattr(driver, "MILP_FIRST_UNSTABLE", -1 if seed % 6 == 0 else 32)
+        monkeypatch.setattr(driver, "BAB_SHARE", 0.02)
+        res = verify(g, spec, timeout=30)
+        assert res.status == exact, (seed, res.status, res.method, res.log)
+        if exact == "sat":
+            assert_witness(spec, res.x, res.y, g)
+        counts[exact] += 1
+    assert min(counts.values()) >= 50, counts
+
+
+@pytest.mark.parametrize("flavour", ["relu", "input"])
+def test_branch_and_bound_verdicts_equal_exact_milp(flavour):
+    """ReLU splitting on random nets of every shape but max pooling (which it does not split: every leaf would
+    fall to the MILP); input splitting on MLPs with at most 6 inputs."""
+    counts = {"sat": 0, "unsat": 0}
+    for seed in range(120):
+        graph = None
+        if flavour == "input":
+            rng = random.Random(seed)
+            depth = rng.randint(1, 3)
+            graph = nets.mlp(seed, rng.randint(1, 6), [rng.randint(2, 10) for _ in range(depth)],
+                             [rng.choice(["relu", "leaky_relu"]) for _ in range(depth)], rng.randint(1, 4))
+        g, spec = random_problem(seed, graph, maxpool=False)
+        exact = decide_case(g, spec.cases[0])[0]
+        fn = relu_split if flavour == "relu" else input_split
+        r = fn(g, spec, Checker(g, spec))
+        assert r.status == exact, (seed, r.status)
+        if exact == "sat":
+            assert_witness(spec, *r.witness, g)
+        counts[exact] += 1
+    assert min(counts.values()) >= 10, counts
+
+
+def test_relu_split_decides_with_the_exact_lp_once_every_relu_is_fixed():
+    """Without α/β optimisation splitting can run out of unstable neurons before a bound closes: still decided."""
+    for seed in range(60):
+        g, spec = random_problem(seed, nets.mlp(seed, 2, [2], ["relu"], 2))
+        assert relu_split(g, spec, Checker(g, spec), iters=0).status == decide_case(g, spec.cases[0])[0], seed
