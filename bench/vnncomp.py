@@ -1,8 +1,8 @@
-"""How many instances of a VNN-COMP benchmark `veracity verify` decides, and how fast.
+"""How many instances of a VNN-COMP benchmark veracity decides, and how fast: the same work as `veracity run`.
 
-Runs attack → IBP → CROWN → α-CROWN (→ input splitting unless --no-branch) on every instance of
-BENCH_DIR/instances.csv (one process, sequential),
-compares each verdict with BENCH_DIR/expected.csv and prints counts, contradictions and total time.
+Runs every instance of BENCH_DIR/instances.csv through the full driver (attack, IBP, CROWN, α-CROWN,
+branch and bound, MILP) one after another in this process, prints one line per instance, then the counts,
+the contradictions with BENCH_DIR/expected.csv and the total wall time.
 
     python bench/vnncomp.py ../shared/benchmarks/acasxu [--timeout-scale 1.0] [--limit N] [--no-branch]
 """
@@ -10,15 +10,12 @@ compares each verdict with BENCH_DIR/expected.csv and prints counts, contradicti
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import time
 from pathlib import Path
 
-from veracity.graph import load_onnx
-from veracity.graph.onnx_import import resolve_path
-from veracity.spec import load_vnnlib
-from veracity.verify.driver import verify
+import torch
+
+from veracity.verify.runner import instances_csv, read_expected, read_instances, run_one, summarise
 
 
 def main():
@@ -26,43 +23,30 @@ def main():
     ap.add_argument("bench", type=Path)
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, default=0)
-    ap.add_argument("--no-branch", action="store_true", help="attack and bounds only (no input splitting)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-branch", action="store_true", help="attack and bounds only (no branching, no MILP)")
     args = ap.parse_args()
-    expected = {}
-    exp_file = args.bench / "expected.csv"
-    if exp_file.exists():
-        for row in csv.DictReader(exp_file.open()):
-            expected[(row["onnx"], row["vnnlib"])] = row["majority"]
-    rows = list(csv.reader((args.bench / "instances.csv").open()))
+    torch.set_num_threads(args.threads)
+    instances = read_instances(args.bench)
     if args.limit:
-        rows = rows[: args.limit]
-    counts: dict[str, int] = {}
-    contradictions = []
-    graphs = {}
+        instances = instances[: args.limit]
+    exp_file = instances_csv(args.bench).parent / "expected.csv"
+    expected = read_expected(exp_file) if exp_file.exists() else {}
+    rows, cache = [], {}
     t_all = time.perf_counter()
-    for onnx_rel, vnn_rel, timeout in rows:
-        if onnx_rel not in graphs:
-            path = resolve_path(args.bench / onnx_rel)
-            data = path.read_bytes()
-            graphs[onnx_rel] = (load_onnx(path), gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
-        graph, model = graphs[onnx_rel]
-        spec = load_vnnlib(args.bench / vnn_rel)
-        res = verify(graph, spec, timeout=float(timeout) * args.timeout_scale, onnx_model=model,
-                     branch=not args.no_branch)
-        counts[res.status] = counts.get(res.status, 0) + 1
-        exp = expected.get((onnx_rel, vnn_rel), "unknown")
-        if {res.status, exp} == {"sat", "unsat"}:
-            contradictions.append((onnx_rel, vnn_rel, res.status, exp))
-        print(f"{Path(onnx_rel).name} {Path(vnn_rel).name}: {res.status} ({res.method}) {res.time_s:.2f}s "
-              f"[expected {exp}]", flush=True)
+    for inst in instances:
+        row = run_one(inst, args.timeout_scale, cache, branch=not args.no_branch)
+        rows.append(row)
+        print(f"{Path(row.onnx).name} {Path(row.vnnlib).name}: {row.result} ({row.method}) {row.time_s:.2f}s "
+              f"[expected {expected.get(row.key, 'unknown')}]", flush=True)
     total = time.perf_counter() - t_all
-    decided = counts.get("sat", 0) + counts.get("unsat", 0)
-    print(f"\n{args.bench.name}: {len(rows)} instances, decided {decided} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), contradictions {len(contradictions)}, "
-          f"total {total:.1f} s")
-    for c in contradictions:
-        print("CONTRADICTION", *c)
-    print(f"rerun: python bench/vnncomp.py {args.bench}")
+    s = summarise(rows, expected)
+    print(f"\n{args.bench.name}: {s.n} instances, decided {s.decided} "
+          f"({', '.join(f'{k} {v}' for k, v in s.counts.items() if v)}), contradictions {len(s.contradictions)}, "
+          f"total {total:.1f} s, median {s.median_s:.2f} s")
+    for r, exp in s.contradictions:
+        print("CONTRADICTION", r.onnx, r.vnnlib, r.result, "expected", exp)
+    print(f"rerun: python bench/vnncomp.py {args.bench}" + (" --no-branch" if args.no_branch else ""))
 
 
 if __name__ == "__main__":
