@@ -25,8 +25,8 @@ from veracity.bounds.alpha import init_alphas, maximise
 from veracity.bounds.crown import backward, crown_bounds
 from veracity.graph.ir import Graph
 from veracity.solvers.milp import decide_case
-from veracity.spec.core import Case, Spec
-from veracity.verify.attack import Checker
+from veracity.spec.core import Box, Case, Spec
+from veracity.verify.attack import Checker, pgd_attack
 
 
 @dataclass
@@ -75,8 +75,9 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
         total += 1
         k = min(look, graph.n_inputs)
         per_box = max(1, children // (2 * k))
+        kids = q
         while len(q[0]):
-            hit = split.candidates(checker, ci, *q)
+            hit = split.candidates(checker, ci, *kids)
             if hit is not None:
                 return BabResult("sat", hit, total)
             if deadline is not None and time.monotonic() > deadline:
@@ -94,7 +95,7 @@ class _InputSplitter:
     """Bounds of the rows ``C y`` of some bad regions (thresholds b) on batches of input boxes."""
 
     def __init__(self, graph: Graph, box, regions, lines: str):
-        self.graph, self.lines = graph, lines
+        self.graph, self.lines, self.regions = graph, lines, tuple(regions)
         self.width = torch.tensor(np.maximum(box.upper - box.lower, 1e-300))
         self.C = torch.tensor(np.concatenate([r.A for r in regions]))
         self.b = torch.tensor(np.concatenate([r.b for r in regions]))
@@ -143,8 +144,9 @@ class _InputSplitter:
         pick = (torch.arange(N) * 2 * k + 2 * j).repeat_interleave(2) + torch.arange(2).repeat(N)
         return self._open(lo_c.reshape(-1, n)[pick], hi_c.reshape(-1, n)[pick], op_c[pick], lb[pick], coeffs[pick])
 
-    def candidates(self, checker: Checker, ci: int, lo, hi, op, a, lb):
-        """Evaluate the network at each open box's centre and at its best row's minimiser; confirm violations."""
+    def candidates(self, checker: Checker, ci: int, lo, hi, op, a, lb, attack: int = 32):
+        """Evaluate the network at each open box's centre and at its best row's minimiser, and attack the
+        ``attack`` boxes closest to a violation (a few PGD steps in each); confirm violations."""
         if not len(lo):
             return None
         cands = torch.cat([(lo + hi) / 2, torch.where(a > 0, lo, hi)])
@@ -156,7 +158,11 @@ class _InputSplitter:
             hit = checker.check(cands[k].numpy(), ci)
             if hit is not None:
                 return hit
-        return None
+        worst = self.margins(lb, op).amin(1).argsort()[:attack]
+        boxes = [Case(Box(lo[k].numpy(), hi[k].numpy()), self.regions) for k in worst.tolist()]
+        local = Spec(tuple(boxes), self.graph.n_inputs, self.graph.n_outputs)
+        hit = pgd_attack(self.graph, local, Checker(self.graph, local), restarts=2, steps=20)
+        return None if hit is None else checker.check(hit[0], ci)
 
 
 def relu_inputs(graph: Graph) -> list[str]:

@@ -33,6 +33,7 @@ from veracity.verify.result import Result
 
 DEFAULT_METHODS = ("ibp", "crown", "alpha")
 INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
+LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, and finds narrow regions)
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 
@@ -143,7 +144,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
     try:
         with _time_limit(timeout), torch.no_grad():
             if attack:
-                hit = pgd_attack(graph, spec, checker, deadline=deadline)
+                restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
+                hit = pgd_attack(graph, spec, checker, restarts=restarts, deadline=deadline)
                 log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
                 if hit is not None:
                     return done("sat", "attack", *hit)
