@@ -138,9 +138,10 @@ def verify_cmd(
         DEFAULT_METHODS
     ),
 ):
-    """Decide a property: attack first, then IBP, CROWN and alpha-CROWN.
+    """Decide a property: attack first, then the bounding methods, branch and bound and the exact MILP.
 
-    Prints unsat (proven), sat with a witness checked on the network and onnxruntime, unknown or timeout.
+    Prints unsat (proven), sat with a witness checked on the network and onnxruntime, unknown or timeout,
+    and the method that decided it.
     """
 
     def go():

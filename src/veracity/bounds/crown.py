@@ -182,7 +182,8 @@ def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight",
     return torch.cat(lo, 1), torch.cat(hi, 1)
 
 
-def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight") -> Bounds:
+def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight",
+                 outer: Bounds | None = None) -> Bounds:
     """Full CROWN: bounds of every node a relaxation needs, each by its own backward pass.
 
     Nodes are visited in order; each first gets one IBP step from the (already refined) bounds of its
@@ -192,7 +193,8 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     reference leaves unstable in some box get a backward pass, and neurons stable in a box keep the
     reference there. With tight lines CROWN's bounds are also intersected with the reference.
     ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
-    much tighter intermediate bounds on ACAS Xu sub-boxes).
+    much tighter intermediate bounds on ACAS Xu sub-boxes). ``outer``: bounds known to hold on these boxes
+    (a parent box's, in branch and bound) that every node's bounds are intersected with as they are made.
     """
     B, dtype, device = lower.shape[0], lower.dtype, lower.device
     bounds: Bounds = {graph.input_name: (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))}
@@ -202,7 +204,7 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     for name, n in graph.nodes.items():
         if n.op == "input":
             continue
-        bounds[name] = l, u = ibp_node(graph, n, bounds, B, dtype, device)
+        bounds[name] = l, u = _within(ibp_node(graph, n, bounds, B, dtype, device), outer, name)
         if name not in need or name in exact or n.op in MONOTONE:
             continue
         l, u = l.reshape(B, -1), u.reshape(B, -1)
@@ -230,8 +232,14 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
         else:
             l, u = l.clone(), u.clone()
             l[:, rows], u[:, rows] = lo, hi
-        bounds[name] = l.reshape(B, *n.shape), u.reshape(B, *n.shape)
+        bounds[name] = _within((l.reshape(B, *n.shape), u.reshape(B, *n.shape)), outer, name)
     return bounds
+
+
+def _within(box: rules.Interval, outer: Bounds | None, name: str) -> rules.Interval:
+    if outer is None or name not in outer:
+        return box
+    return torch.maximum(box[0], outer[name][0]), torch.minimum(box[1], outer[name][1])
 
 
 def crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, pre: Bounds | None = None,

@@ -22,7 +22,7 @@ import torch
 
 from veracity.bounds import widen
 from veracity.bounds.alpha import init_alphas, maximise
-from veracity.bounds.crown import backward, crown_bounds
+from veracity.bounds.crown import backward, crown_bounds, needs_bounds
 from veracity.graph.ir import Graph
 from veracity.solvers.milp import decide_case
 from veracity.spec.core import Box, Case, Spec
@@ -36,13 +36,14 @@ class BabResult:
     boxes: int = 0  # sub-problems bounded (boxes or domains)
 
 
-def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, lines: str):
-    """Lower bounds (N, S) of C·y on each box and the input coefficients (N, S, n) of those bounds."""
-    bounds = crown_bounds(graph, lo, hi, "both")
+def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, lines: str, outer=None):
+    """Lower bounds (N, S) of C·y on each box, the input coefficients (N, S, n) of those bounds and the
+    intermediate bounds; ``outer``: bounds known to hold on the boxes (their parents')."""
+    bounds = crown_bounds(graph, lo, hi, "both", outer)
     N = lo.shape[0]
     A0 = C.unsqueeze(0).expand(N, -1, -1).reshape(N, C.shape[0], *graph.output_shape)
     lb, coeffs = backward(graph, graph.output_name, A0, bounds, lines, return_input_coeffs=True)
-    return widen((lb, lb))[0], coeffs
+    return widen((lb, lb))[0], coeffs, bounds
 
 
 GAIN = 0.05
@@ -96,6 +97,7 @@ class _InputSplitter:
 
     def __init__(self, graph: Graph, box, regions, lines: str):
         self.graph, self.lines, self.regions = graph, lines, tuple(regions)
+        self.kept = needs_bounds(graph)  # the intermediate bounds a box hands down to its halves
         self.width = torch.tensor(np.maximum(box.upper - box.lower, 1e-300))
         self.C = torch.tensor(np.concatenate([r.A for r in regions]))
         self.b = torch.tensor(np.concatenate([r.b for r in regions]))
@@ -109,23 +111,37 @@ class _InputSplitter:
 
     def bound(self, lo, hi, op):
         """The boxes still open after bounding: (lo, hi, open regions, best open row's input coefficients,
-        lower bounds of the rows)."""
-        lb, coeffs = _bound(self.graph, lo, hi, self.C, self.lines)
-        return self._open(lo, hi, op, lb, coeffs)
+        lower bounds of the rows, intermediate bounds packed (N, 2, sum of sizes))."""
+        lb, coeffs, bounds = _bound(self.graph, lo, hi, self.C, self.lines)
+        return self._open(lo, hi, op, lb, coeffs, self._pack(bounds))
 
-    def _open(self, lo, hi, op, lb, coeffs):
+    def _pack(self, bounds) -> torch.Tensor:
+        N = bounds[self.graph.input_name][0].shape[0]
+        return torch.stack([torch.cat([bounds[k][j].reshape(N, -1) for k in self.kept], 1) for j in (0, 1)], 1)
+
+    def _unpack(self, packed: torch.Tensor):
+        out, at = {}, 0
+        for k in self.kept:
+            shape = self.graph.nodes[k].shape
+            size = int(np.prod(shape))
+            out[k] = tuple(packed[:, j, at : at + size].reshape(-1, *shape) for j in (0, 1))
+            at += size
+        return out
+
+    def _open(self, lo, hi, op, lb, coeffs, packed):
         m = self.margins(lb, op)
         op = op & (m <= 0)
         keep = op.any(1)
-        lo, hi, op, lb, coeffs = lo[keep], hi[keep], op[keep], lb[keep], coeffs[keep]
+        lo, hi, op, lb, coeffs, packed = lo[keep], hi[keep], op[keep], lb[keep], coeffs[keep], packed[keep]
         rows_open = (self.row_in.unsqueeze(0) & op.unsqueeze(1)).any(2)  # (N, S)
         best = torch.where(rows_open, lb - self.b, torch.tensor(-torch.inf, dtype=lb.dtype)).argmax(1)
-        return [lo, hi, op, coeffs[torch.arange(len(best)), best], lb]
+        return [lo, hi, op, coeffs[torch.arange(len(best)), best], lb, packed]
 
-    def look_ahead(self, lo, hi, op, a, lb_parent, k: int):
-        """Each box split along the best of its k top-ranked inputs; the open halves, bounded. A half keeps
-        its parent's bound where that is better (CROWN's lines change with the box, so a half's own bound
-        can be looser): bounds only improve, and a split that changes nothing never scores best."""
+    def look_ahead(self, lo, hi, op, a, lb_parent, packed, k: int):
+        """Each box split along the best of its k top-ranked inputs; the open halves, bounded within their
+        parent's intermediate bounds. A half keeps its parent's final bound where that is better (CROWN's
+        lines change with the box, so a half's own bound can be looser): bounds only improve, and a split
+        that changes nothing never scores best."""
         N, n = lo.shape
         # candidates: the top-ranked inputs by |coefficient| x width in the best open row's linear bound
         dims = ((a.abs() + 1e-12) * (hi - lo)).topk(k, 1).indices  # (N, k)
@@ -135,16 +151,19 @@ class _InputSplitter:
         at = torch.nn.functional.one_hot(dims, n).bool()  # (N, k, n)
         hi_c[:, :, 0] = torch.where(at, mid.unsqueeze(2), hi_c[:, :, 0])
         lo_c[:, :, 1] = torch.where(at, mid.unsqueeze(2), lo_c[:, :, 1])
-        lb, coeffs = _bound(self.graph, lo_c.reshape(-1, n), hi_c.reshape(-1, n), self.C, self.lines)
+        packed = packed.repeat_interleave(2 * k, 0)
+        lb, coeffs, bounds = _bound(self.graph, lo_c.reshape(-1, n), hi_c.reshape(-1, n), self.C, self.lines,
+                                    self._unpack(packed))
         lb = torch.maximum(lb, lb_parent.repeat_interleave(2 * k, 0))
         op_c = op.repeat_interleave(2 * k, 0)
         score = self.margins(lb, op_c).amin(1).clamp(max=0).reshape(N, k, 2).sum(2)
         best, j = score.max(1)
         j = torch.where(best > score[:, 0] + GAIN * score[:, 0].abs(), j, 0)  # no clear gain: the top-ranked
         pick = (torch.arange(N) * 2 * k + 2 * j).repeat_interleave(2) + torch.arange(2).repeat(N)
-        return self._open(lo_c.reshape(-1, n)[pick], hi_c.reshape(-1, n)[pick], op_c[pick], lb[pick], coeffs[pick])
+        return self._open(lo_c.reshape(-1, n)[pick], hi_c.reshape(-1, n)[pick], op_c[pick], lb[pick], coeffs[pick],
+                          self._pack(bounds)[pick])
 
-    def candidates(self, checker: Checker, ci: int, lo, hi, op, a, lb, attack: int = 32):
+    def candidates(self, checker: Checker, ci: int, lo, hi, op, a, lb, packed, attack: int = 32):
         """Evaluate the network at each open box's centre and at its best row's minimiser, and attack the
         ``attack`` boxes closest to a violation (a few PGD steps in each); confirm violations."""
         if not len(lo):

@@ -43,14 +43,14 @@ class Timeout(Exception):
 
 
 @contextmanager
-def _time_limit(seconds: float | None):
-    """Raise Timeout in the main thread after ``seconds`` (elsewhere the caller checks deadlines)."""
+def time_limit(seconds: float | None, error: type[BaseException] = Timeout):
+    """Raise ``error`` in the main thread after ``seconds`` (elsewhere, or for 0/None, callers check deadlines)."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Timeout()
+        raise error()
 
     old = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
@@ -142,7 +142,7 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
     if not spec.cases:
         return done("unsat", "spec", message="no input satisfies the input constraints")
     try:
-        with _time_limit(timeout), torch.no_grad():
+        with time_limit(timeout), torch.no_grad():
             if attack:
                 restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
                 hit = pgd_attack(graph, spec, checker, restarts=restarts, deadline=deadline)

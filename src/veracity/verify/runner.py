@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from veracity.verify.result import STATUSES
+
 __all__ = [
     "FIELDS",
     "HARD_FACTOR",
@@ -57,7 +59,6 @@ __all__ = [
     "write_witness",
 ]
 
-STATUSES = ("sat", "unsat", "unknown", "timeout", "error")
 FIELDS = ("onnx", "vnnlib", "result", "time_s", "method", "timeout_s", "message")
 """Columns of a results CSV (paths exactly as written in instances.csv)."""
 REQUIRED_FIELDS = ("onnx", "vnnlib", "result", "time_s")
@@ -332,27 +333,6 @@ class _LoadTimeout(BaseException):
     """Not an Exception, so that no ``except Exception`` in the loaders swallows it."""
 
 
-@contextmanager
-def _alarm(seconds: float):
-    """Raise _LoadTimeout after ``seconds`` in the main thread (a no-op elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _LoadTimeout()
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
-    try:
-        yield
-    finally:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:
-            signal.signal(signal.SIGALRM, old)
-
-
 def _one_line(text: str) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 3] + "..."
@@ -387,7 +367,7 @@ def run_one(inst: Instance, timeout_scale: float = 1.0, cache: dict | None = Non
     """
     from veracity.graph import OnnxImportError, UnsupportedError
     from veracity.spec import VnnlibError, load_vnnlib
-    from veracity.verify.driver import Timeout, verify
+    from veracity.verify.driver import Timeout, time_limit, verify
 
     timeout = inst.timeout * timeout_scale
     t0 = time.monotonic()
@@ -396,7 +376,7 @@ def run_one(inst: Instance, timeout_scale: float = 1.0, cache: dict | None = Non
         return Row(inst.onnx, inst.vnnlib, result, time.monotonic() - t0, method, timeout, _one_line(message), witness)
 
     try:
-        with _alarm(timeout):
+        with time_limit(timeout, _LoadTimeout):
             graph, model = _load_graph(inst.onnx_path, cache)
             spec = load_vnnlib(inst.vnnlib_path, n_inputs=graph.n_inputs, n_outputs=graph.n_outputs)
         left = timeout - (time.monotonic() - t0)
