@@ -25,22 +25,19 @@ Then, from the repository root (``shared/`` beside it, as in every clone of this
 Options: ``--python`` names the interpreter with veracity's dependencies (default: the first
 ``python3``/``python`` on PATH outside this venv), ``--benchmarks`` the benchmarks folder (default
 ``../shared/benchmarks``), ``--float32`` runs both sides in float32, ``--only LABEL...`` runs some
-networks, ``--json FILE`` also writes the raw numbers, ``--sparse-always`` sets auto_LiRPA's
-``minimum_sparsity=1`` (see below).
+networks, ``--json FILE`` also writes the raw numbers, ``--sparse-always`` (see below).
 
 Columns: ``fwd`` is the largest |torch - veracity| output at the box centre (checks the conversion);
 ``dlo``/``dhi`` are max over outputs of |ours - ref| / max(1, |ref|) for the lower/upper bounds;
 ``w`` are mean widths (upper - lower) over the outputs. veracity's reported bounds are widened by
 1e-9 relative for rounding (bounds.ROUNDING_MARGIN), so 1e-9..2e-9 means agreement to rounding.
 
-Known, explained differences (CROWN, lines="adaptive"): auto_LiRPA 0.3's intermediate bounds differ
-from veracity's ``crown_bounds`` in two choices, both in ``compute_intermediate_bounds``
-(bound_general.py) and ``get_sparse_C`` (backward_bound.py). (1) Which neurons get a CROWN pass, and
-the bounds the others keep, come from IBP taken one step from the already-refined bounds of the
-layer's inputs (``IBP_general``), not from IBP over the whole network from the input box. (2) When
-more than ``minimum_sparsity`` (0.9) of a layer is unstable by that reference, every neuron of it
-gets a CROWN pass and the reference is dropped. (1) makes the reference tighter on some instances,
-(2) makes it looser; ``--sparse-always`` turns (2) off.
+How intermediate bounds are chosen (CROWN, lines="adaptive"), the same on both sides: only the neurons
+that IBP, taken one step from the already-refined bounds of the layer's inputs, leaves unstable get a
+CROWN pass, and the others keep that IBP reference; but when more than 0.9 of a layer is unstable by
+that reference (auto_LiRPA's ``minimum_sparsity``, veracity's ``crown.DENSE_SHARE``), every neuron of
+it gets a pass and keeps CROWN's bounds, as textbook CROWN does. ``--sparse-always`` sets auto_LiRPA's
+``minimum_sparsity=1``; the reference then keeps the IBP reference there and can be tighter.
 """
 
 from __future__ import annotations

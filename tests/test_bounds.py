@@ -16,6 +16,7 @@ Properties:
 from __future__ import annotations
 
 import importlib
+import json
 import random
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from nets import (
 )
 
 from veracity.bounds import METHODS, bound_spec, crown, widen
-from veracity.graph import Graph, Node
+from veracity.graph import Graph, Node, load_onnx
+from veracity.spec import load_vnnlib
 
 D = torch.float64
 LINES = ("tight", "adaptive")
@@ -485,8 +487,6 @@ def real_case(name: str) -> dict:
         onnx_path, vnnlib_path, pl = REAL[name]
         if not (BENCHMARKS / onnx_path).with_suffix(".onnx.gz").exists() and not (BENCHMARKS / onnx_path).exists():
             pytest.skip(f"{BENCHMARKS / onnx_path} not present")
-        from veracity.graph import load_onnx
-        from veracity.spec import load_vnnlib
 
         g = load_onnx(BENCHMARKS / onnx_path)
         box = load_vnnlib(BENCHMARKS / vnnlib_path).cases[0].box
@@ -555,3 +555,17 @@ def test_crown_module_entry_point_matches_bound_spec():
     C = torch.eye(2, dtype=D).expand(2, -1, -1)
     raw = crown(g, l, u, C)
     torch.testing.assert_close(widen(raw)[0], bound_spec(g, l, u, method="crown")[0], rtol=0, atol=1e-15)
+
+
+REFERENCE_CROWN = Path(__file__).parent / "data" / "auto_lirpa_crown.json"
+
+
+@pytest.mark.skipif(not BENCHMARKS.exists(), reason="needs ../shared/benchmarks")
+@pytest.mark.parametrize("case", json.loads(REFERENCE_CROWN.read_text())["networks"], ids=lambda c: c["name"])
+def test_adaptive_crown_matches_the_reference_implementation(case):
+    """Stored auto_LiRPA bounds; acasxu_5_9 has a layer more than 90 % unstable (crown.DENSE_SHARE)."""
+    g = load_onnx(BENCHMARKS / case["onnx"])
+    box = load_vnnlib(BENCHMARKS / case["vnnlib"]).cases[0].box
+    lo, hi = bound_spec(g, box.lower[None], box.upper[None], method="crown", lines="adaptive")
+    torch.testing.assert_close(lo[0], torch.tensor(case["lower"], dtype=D), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(hi[0], torch.tensor(case["upper"], dtype=D), rtol=1e-6, atol=1e-6)

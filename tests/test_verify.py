@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import time
+from pathlib import Path
 
 import nets
 import numpy as np
@@ -19,8 +21,9 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from veracity.graph import load_onnx
 from veracity.solvers.milp import decide_case, milp_minimum
-from veracity.spec import Box, Case, Region, Spec
+from veracity.spec import Box, Case, Region, Spec, load_vnnlib
 from veracity.verify import driver
 from veracity.verify.attack import Checker
 from veracity.verify.bab import input_split, relu_split
@@ -172,3 +175,19 @@ def test_relu_split_decides_with_the_exact_lp_once_every_relu_is_fixed():
     for seed in range(60):
         g, spec = random_problem(seed, nets.mlp(seed, 2, [2], ["relu"], 2))
         assert relu_split(g, spec, Checker(g, spec), iters=0).status == decide_case(g, spec.cases[0])[0], seed
+
+
+ACASXU = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu"
+
+
+@pytest.mark.skipif(not ACASXU.exists(), reason="needs ../shared/benchmarks")
+@pytest.mark.parametrize("timeout", [1.0, 3.0])
+def test_driver_honours_its_timeout_within_5_percent(timeout):
+    """An ACAS Xu instance that input splitting cannot close in seconds: timeout, on time (and no verdict)."""
+    g = load_onnx(ACASXU / "onnx" / "ACASXU_run2a_3_3_batch_2000.onnx")
+    spec = load_vnnlib(ACASXU / "vnnlib" / "prop_2.vnnlib")
+    t = time.monotonic()
+    res = verify(g, spec, timeout=timeout)
+    elapsed = time.monotonic() - t
+    assert res.status == "timeout", res.log
+    assert elapsed <= timeout * 1.05, elapsed

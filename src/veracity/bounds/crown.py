@@ -143,6 +143,7 @@ def spec_bounds(graph: Graph, start: str, C: torch.Tensor, bounds: Bounds, lines
 
 
 MONOTONE = ("relu", "leaky_relu", "sigmoid", "tanh")
+DENSE_SHARE = 0.9
 _REINDEX = ("scale_shift", "reshape", "transpose", "pad", "gather")  # keep IBP exact (diagonal maps)
 
 
@@ -191,7 +192,9 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     nodes where IBP is exact keep the reference; a monotone activation's bounds are the activation of
     its input's bounds (that is its IBP step); and when every consumer is a ReLU, only neurons the
     reference leaves unstable in some box get a backward pass, and neurons stable in a box keep the
-    reference there. With tight lines CROWN's bounds are also intersected with the reference.
+    reference there (with adaptive lines, unless more than ``DENSE_SHARE`` of the node is unstable in the
+    box: then every neuron of that box keeps CROWN's bounds, the choice of the reference CROWN
+    implementation, auto_LiRPA). With tight lines CROWN's bounds are also intersected with the reference.
     ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
     much tighter intermediate bounds on ACAS Xu sub-boxes). ``outer``: bounds known to hold on these boxes
     (a parent box's, in branch and bound) that every node's bounds are intersected with as they are made.
@@ -214,7 +217,12 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
             rows = unstable.any(0).nonzero().flatten()
             if rows.numel() == 0:
                 continue
-            l_ref, u_ref, keep = l[:, rows], u[:, rows], ~unstable[:, rows]
+            dense = unstable.sum(1) > DENSE_SHARE * l.shape[1]  # (B,)
+            if lines == "adaptive" and bool(dense.any()):
+                # a box with nearly every neuron unstable: each by CROWN alone, as textbook CROWN does
+                rows, l_ref, u_ref, keep = None, l, u, ~unstable & ~dense[:, None]
+            else:
+                l_ref, u_ref, keep = l[:, rows], u[:, rows], ~unstable[:, rows]
         else:
             l_ref, u_ref = l, u
         if lines == "both":
