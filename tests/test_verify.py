@@ -181,7 +181,7 @@ ACASXU = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu
 
 
 @pytest.mark.skipif(not ACASXU.exists(), reason="needs ../shared/benchmarks")
-@pytest.mark.parametrize("timeout", [1.0, 3.0])
+@pytest.mark.parametrize("timeout", [2.0, 5.0])
 def test_driver_honours_its_timeout_within_5_percent(timeout):
     """An ACAS Xu instance that input splitting cannot close in seconds: timeout, on time (and no verdict)."""
     g = load_onnx(ACASXU / "onnx" / "ACASXU_run2a_3_3_batch_2000.onnx")

@@ -46,20 +46,23 @@ def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, li
     return widen((lb, lb))[0], coeffs, bounds
 
 
-GAIN = 0.05
+GAIN = 0.05  # a split other than the top-ranked one must improve on it by this share of its score
+MEMORY = 2e9  # bytes of open boxes (with their intermediate bounds) input splitting may hold
 
 
 def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
                 deadline: float | None = None, children: int = 640, lines: str = "adaptive",
-                look: int = 8, max_boxes: int = 2_000_000) -> BabResult:
+                look: int = 8, memory: float = MEMORY) -> BabResult:
     """Decide the still-open regions (``open_[case][region]``, default all) by splitting input boxes.
 
     Every open box is split by look-ahead: for each of its ``look`` most promising inputs (by |coefficient|
     x width in the linear bound of its best open row) both halves are bounded, and the split whose halves
     come closest to closing (the sum of their margins, each capped at 0) is kept, its halves already
-    bounded. ``children`` halves are bounded per batch. Intermediate bounds intersect tight and adaptive
-    CROWN; the final bound uses ``lines`` (adaptive by default). On ACAS Xu the look-ahead closes the
-    hardest property-1 instances in seconds where splitting the top-ranked input alone ran out of time.
+    bounded; without a clear gain (``GAIN``) the top-ranked input is split. ``children`` halves are bounded
+    per batch; past ``memory`` bytes of open boxes the search gives up (``unknown``). Intermediate bounds
+    intersect tight and adaptive CROWN; the final bound uses ``lines`` (adaptive by default). On ACAS Xu
+    the look-ahead closes the hardest property-1 instances in seconds where splitting the top-ranked input
+    alone ran out of time.
     """
     total = 0
     for ci, case in enumerate(spec.cases):
@@ -69,7 +72,7 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
         if any(r.A.shape[0] == 0 for r in regions):  # the whole output space is bad
             hit = checker.check(case.box.center, ci)
             return BabResult("sat", hit, total) if hit else BabResult("unknown", None, total)
-        split = _InputSplitter(graph, case.box, regions, lines)
+        split = _InputSplitter(graph, regions, lines)
         lo = torch.tensor(case.box.lower)[None]
         hi = torch.tensor(case.box.upper)[None]
         q = split.bound(lo, hi, torch.ones(1, len(regions), dtype=torch.bool))
@@ -83,7 +86,7 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
                 return BabResult("sat", hit, total)
             if deadline is not None and time.monotonic() > deadline:
                 return BabResult("timeout", None, total)
-            if len(q[0]) > max_boxes:
+            if sum(t.nbytes for t in q) > memory:
                 return BabResult("unknown", None, total)
             now, q = [t[-per_box:] for t in q], [t[:-per_box] for t in q]
             kids = split.look_ahead(*now, k)
@@ -95,10 +98,9 @@ def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
 class _InputSplitter:
     """Bounds of the rows ``C y`` of some bad regions (thresholds b) on batches of input boxes."""
 
-    def __init__(self, graph: Graph, box, regions, lines: str):
+    def __init__(self, graph: Graph, regions, lines: str):
         self.graph, self.lines, self.regions = graph, lines, tuple(regions)
         self.kept = needs_bounds(graph)  # the intermediate bounds a box hands down to its halves
-        self.width = torch.tensor(np.maximum(box.upper - box.lower, 1e-300))
         self.C = torch.tensor(np.concatenate([r.A for r in regions]))
         self.b = torch.tensor(np.concatenate([r.b for r in regions]))
         region_of_row = torch.tensor(np.concatenate([[k] * r.A.shape[0] for k, r in enumerate(regions)]))

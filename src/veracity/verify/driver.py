@@ -36,6 +36,7 @@ INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most thi
 LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, and finds narrow regions)
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
+BUDGET_SHARE = 0.97  # of the timeout the methods may use
 
 
 class Timeout(Exception):
@@ -132,7 +133,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
             f"the network {graph.n_inputs} and {graph.n_outputs}"
         )
     t0 = time.monotonic()
-    deadline = None if not timeout else t0 + timeout
+    budget = timeout and timeout * BUDGET_SHARE  # the rest: slack for the step in flight and for reporting
+    deadline = None if not budget else t0 + budget
     log: list[str] = []
 
     def done(status, method="", x=None, y=None, message=""):
@@ -142,7 +144,7 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
     if not spec.cases:
         return done("unsat", "spec", message="no input satisfies the input constraints")
     try:
-        with time_limit(timeout), torch.no_grad():
+        with time_limit(budget), torch.no_grad():
             if attack:
                 restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
                 hit = pgd_attack(graph, spec, checker, restarts=restarts, deadline=deadline)
