@@ -14,6 +14,11 @@ Bounds = dict[str, rules.Interval]
 def linear_interval(graph: Graph, node, ins: list[rules.Interval], dtype, device) -> rules.Interval:
     """Exact interval image of a linear op, in centre-radius form."""
     op, p = ops.OPS[node.op], graph.params(node, dtype, device)
+    if node.op == "linear" and ins[0][0].dim() == 2 and "b" in p:  # the common dense layer, in two fused products
+        l, u = ins[0]
+        mid = torch.addmm(p["b"], l + u, p["W"].T, alpha=0.5)
+        rad = torch.addmm(p["b"], u - l, ops.cached_abs(p, "W").T, beta=0, alpha=0.5)
+        return mid - rad, mid + rad
     mid = rad = None
     for k, (l, u) in enumerate(ins):
         m, r = op.apply(node, p, k, (l + u) / 2), op.abs(node, p, k, (u - l) / 2)

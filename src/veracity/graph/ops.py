@@ -36,7 +36,7 @@ def _vjp(f, in_shape, A: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _cached_abs(p: dict, key: str) -> torch.Tensor:
+def cached_abs(p: dict, key: str) -> torch.Tensor:
     a = p.get("_abs_" + key)
     if a is None:
         a = p["_abs_" + key] = p[key].abs()
@@ -105,7 +105,7 @@ class Linear(LinearOp):
     nonneg = False
 
     def abs(self, node, p, k, x):
-        return x @ _cached_abs(p, "W").T
+        return x @ cached_abs(p, "W").T
 
     def adjoint(self, node, p, k, A):
         return A @ p["W"]
@@ -141,7 +141,7 @@ class Conv(LinearOp):
     nonneg = False
 
     def abs(self, node, p, k, x):
-        return _conv(x, _cached_abs(p, "weight"), p)
+        return _conv(x, cached_abs(p, "weight"), p)
 
     def adjoint(self, node, p, k, A):
         in_shape = node.in_shapes[0]
@@ -168,7 +168,7 @@ class ConvTranspose(LinearOp):
     nonneg = False
 
     def abs(self, node, p, k, x):
-        return _conv_t(x, _cached_abs(p, "weight"), p)
+        return _conv_t(x, cached_abs(p, "weight"), p)
 
     def adjoint(self, node, p, k, A):
         return _conv(A, p["weight"], p)
@@ -189,7 +189,7 @@ class ScaleShift(LinearOp):
 
     def abs(self, node, p, k, x):
         s = p.get("scale")
-        return x if s is None else x * _cached_abs(p, "scale")
+        return x if s is None else x * cached_abs(p, "scale")
 
     def adjoint(self, node, p, k, A):
         return self.apply(node, p, k, A)
