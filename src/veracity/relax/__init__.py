@@ -8,7 +8,8 @@ returns :class:`LinearBounds` with ``lw*z + lb <= f(z) <= uw*z + ub`` for every 
 """
 
 from veracity.relax.lines import LinearBounds
+from veracity.relax.paramramp import paramramp
 from veracity.relax.relu import leaky_relu, relu
 from veracity.relax.s_shaped import sigmoid, tanh
 
-__all__ = ["LinearBounds", "leaky_relu", "relu", "sigmoid", "tanh"]
+__all__ = ["LinearBounds", "leaky_relu", "paramramp", "relu", "sigmoid", "tanh"]
