@@ -240,7 +240,7 @@ class Abstraction:
             if len(el.halves) == 2:
                 s = int(binary(1)[0])
                 rows.append(([zi, s], [1.0, -ui], -INF, 0.0))  # z <= u s
-                rows.append(([zi, s], [1.0, -li], li, INF))  # z >= l (1 - s)
+                rows.append(([zi, s], [1.0, li], li, INF))  # z >= l (1 - s)
                 # indicator g = a + b s of each half: convex 1 - s, concave s
                 gates = [(1.0, -1.0), (0.0, 1.0)]
             else:
