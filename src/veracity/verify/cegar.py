@@ -300,7 +300,8 @@ def build_model(graph: Graph, abstraction: Abstraction, pre: Bounds, time_limit:
     return m.build()
 
 
-def solve_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tuple[str, Candidate | None]:
+def solve_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray,
+                 deadline: float | None = None) -> tuple[str, Candidate | None]:
     """Look for a point of the model with ``A y <= b`` (relaxed by UNSAT_MARGIN): (status, candidate)."""
     M, c0 = m.expr(graph.output_name)
     A, b = np.asarray(A, np.float64), np.asarray(b, np.float64)
@@ -313,6 +314,8 @@ def solve_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tuple[
     cost[t[0]] = 1.0
     m.h.changeColsCost(m.n_cols, np.arange(m.n_cols, dtype=np.int32), cost)
     m.h.setOptionValue("objective_target", -margin)
+    if deadline is not None:
+        m.h.setOptionValue("time_limit", max(deadline - time.monotonic(), 1e-3))
     m.h.run()
     status = _status(m)
     if status != "feasible":
@@ -358,8 +361,8 @@ def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check,
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return RegionOutcome("timeout", iterations=it, refinements=ab.refinements)
-        m = build_model(graph, ab, pre, time_limit=None if left is None else max(left, 1e-3))
-        status, cand = solve_region(graph, m, A, b)
+        m = build_model(graph, ab, pre)
+        status, cand = solve_region(graph, m, A, b, deadline)
         it += 1
         if status == "infeasible":
             return RegionOutcome("unsat", iterations=it, refinements=ab.refinements)
@@ -381,9 +384,18 @@ def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check,
 # -- the verifier ----------------------------------------------------------------------------------------------
 
 
-def _check_graph(graph: Graph) -> None:
+def _unsupported(graph: Graph) -> list[str]:
     ok = set(PIECEWISE_LINEAR) | set(S_SHAPED) | {"input", "const"}
-    bad = sorted({n.op for n in graph.nodes.values() if n.op not in ok and not ops.OPS[n.op].linear})
+    return sorted({n.op for n in graph.nodes.values() if n.op not in ok and not ops.OPS[n.op].linear})
+
+
+def supports(graph: Graph) -> bool:
+    """Whether CEGAR can encode ``graph`` (linear ops, ReLU-like, max pooling, sigmoid, tanh)."""
+    return not _unsupported(graph)
+
+
+def _check_graph(graph: Graph) -> None:
+    bad = _unsupported(graph)
     if bad:
         raise UnsupportedError(f"CEGAR handles linear ops, {', '.join(PIECEWISE_LINEAR)} and sigmoid/tanh; "
                                f"this graph has {', '.join(bad)}")
@@ -401,18 +413,63 @@ def _case_bounds(pre: Bounds | None, graph: Graph, ci: int, n_cases: int, lo: np
     return out
 
 
+@dataclass
+class StageOutcome:
+    """What :func:`cegar_stage` found: status, witness (x, y) for sat, solves and refinements, log lines."""
+
+    status: str
+    witness: tuple | None = None
+    solves: int = 0
+    refinements: int = 0
+    message: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def cegar_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]], deadline: float | None = None,
+                pre: Bounds | None = None, max_refinements: int = DEFAULT_MAX_REFINEMENTS,
+                points: int = 0) -> StageOutcome:
+    """Decide the open regions (``open_[case][region]``, updated in place) by the CEGAR loop."""
+    _check_graph(graph)
+    out = StageOutcome("unsat")
+    undecided = []
+    t0 = time.monotonic()
+    for ci, case in enumerate(spec.cases):
+        if not any(open_[ci]):
+            continue
+        case_pre = _case_bounds(pre, graph, ci, len(spec.cases), case.box.lower, case.box.upper)
+        for ri, region in enumerate(case.regions):
+            if not open_[ci][ri]:
+                continue
+            r = cegar_region(graph, case_pre, region.A, region.b, lambda x, ci=ci: checker.check(x, ci),
+                             max_refinements, deadline, points)
+            out.solves += r.iterations
+            out.refinements += r.refinements
+            out.log.append(f"cegar case {ci} region {ri}: {r.status} after {r.iterations} solve(s), "
+                           f"{r.refinements} refinement(s) ({time.monotonic() - t0:.2f}s)")
+            if r.status in ("sat", "timeout"):
+                out.status, out.witness = r.status, r.witness
+                return out
+            if r.status == "unsat":
+                open_[ci][ri] = False
+            else:
+                undecided.append(r.message)
+    if undecided:
+        out.status, out.message = "unknown", f"{len(undecided)} region(s) undecided: {undecided[0]}"
+    return out
+
+
 def cegar_verify(graph: Graph, spec: Spec, timeout: float | None = None,
                  max_refinements: int = DEFAULT_MAX_REFINEMENTS, pre: Bounds | None = None,
                  methods: Sequence[str] = DEFAULT_METHODS, attack: bool = True, points: int = 0,
                  onnx_model: bytes | None = None) -> Result:
     """Decide ``spec`` on ``graph`` by CEGAR over sigmoid/tanh abstractions.
 
-    Regions are first bounded by ``methods`` (e.g. crown, alpha) and attacked (``attack``); the open ones
+    Regions are first attacked (``attack``) and bounded by ``methods`` (e.g. crown, alpha); the open ones
     go through the CEGAR loop. ``pre``: intermediate bounds (batch 1 or one per case; default CROWN,
     tight and adaptive lines intersected). ``max_refinements``: refinement rounds per region (0: the
     initial abstraction only). ``points``: interior breakpoints/tangents per half at the start. The
     result's ``method`` is "cegar" when the loop decides, else the step that did ("attack", a bound
-    method); ``log`` has one line per step, the last one with iterations and refinements.
+    method); ``log`` has one line per step and ``message`` the solves and refinements.
     """
     from veracity.verify.driver import open_regions
 
@@ -445,31 +502,13 @@ def cegar_verify(graph: Graph, spec: Spec, timeout: float | None = None,
                 return done("unsat", method)
             if deadline is not None and time.monotonic() > deadline:
                 return done("timeout")
-        iters = refs = 0
-        undecided = []
-        for ci, case in enumerate(spec.cases):
-            if not any(open_[ci]):
-                continue
-            case_pre = _case_bounds(pre, graph, ci, len(spec.cases), case.box.lower, case.box.upper)
-            for ri, region in enumerate(case.regions):
-                if not open_[ci][ri]:
-                    continue
-                out = cegar_region(graph, case_pre, region.A, region.b, lambda x, ci=ci: checker.check(x, ci),
-                                   max_refinements, deadline, points)
-                iters += out.iterations
-                refs += out.refinements
-                log.append(f"cegar case {ci} region {ri}: {out.status} after {out.iterations} solve(s), "
-                           f"{out.refinements} refinement(s) ({time.monotonic() - t0:.2f}s)")
-                if out.status == "sat":
-                    return done("sat", "cegar", *out.witness)
-                if out.status == "timeout":
-                    return done("timeout", message=f"{iters} solve(s), {refs} refinement(s)")
-                if out.status == "unknown":
-                    undecided.append(out.message)
-        if undecided:
-            return done("unknown", message=f"{len(undecided)} region(s) undecided: {undecided[0]}")
-        return done("unsat", "cegar", message=f"{iters} solve(s), {refs} refinement(s)")
+        r = cegar_stage(graph, spec, checker, open_, deadline, pre, max_refinements, points)
+        log.extend(r.log)
+        msg = f"{r.solves} solve(s), {r.refinements} refinement(s)" + (f"; {r.message}" if r.message else "")
+        if r.status == "sat":
+            return done("sat", "cegar", *r.witness, message=msg)
+        return done(r.status, "cegar" if r.status == "unsat" else "", message=msg)
 
 
-__all__ = ["Abstraction", "Candidate", "Half", "build_model", "cegar_region", "cegar_verify", "refine",
-           "solve_region"]
+__all__ = ["Abstraction", "Candidate", "Half", "build_model", "cegar_region", "cegar_stage", "cegar_verify", "refine",
+           "solve_region", "supports"]
