@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from veracity import relax
+from veracity.graph import ops
 from veracity.graph.ir import Node, UnsupportedError
 
-ELEMENTWISE = ("relu", "leaky_relu", "sigmoid", "tanh", "mul")
+ELEMENTWISE = ("relu", "leaky_relu", "paramramp", "sigmoid", "tanh", "mul")
 # For each op, the optimisable line parameters α-CROWN may set (each a tensor in [0, 1]).
 ALPHA_KEYS = {"relu": ("lower",), "leaky_relu": ("lower",), "sigmoid": ("lower", "upper"), "tanh": ("lower", "upper")}
 
@@ -37,6 +38,9 @@ def lines_for(node: Node, p: dict, ins: list[Interval], lines: str = "tight", al
         (l, u), = ins
         slope = p.get("alpha", 0.0) if node.op == "leaky_relu" else 0.0
         r = relax.leaky_relu(l, u, slope, lines, alpha.get("lower"))
+    elif node.op == "paramramp":
+        (l, u), = ins
+        r = relax.paramramp(l, u, p["r"], p["eta"], lines)
     elif node.op in ("sigmoid", "tanh"):
         (l, u), = ins
         fn = relax.sigmoid if node.op == "sigmoid" else relax.tanh
@@ -63,6 +67,9 @@ def interval(node: Node, p: dict, ins: list[Interval]) -> Interval:
         if f is None:
             return F.leaky_relu(l, p["alpha"]), F.leaky_relu(u, p["alpha"])
         return f(l), f(u)
+    if op == "paramramp":
+        (l, u), = ins
+        return ops.OPS[op].forward(node, p, l), ops.OPS[op].forward(node, p, u)
     if op == "maxpool":
         (l, u), = ins
         f = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(p["kernel"])]

@@ -347,6 +347,14 @@ class LeakyRelu(Op):
         return F.leaky_relu(x, p["alpha"])
 
 
+@_register("paramramp")
+class ParamRamp(Op):
+    """``eta*x`` below 0, ``x`` on [0, r], ``eta*x + (1 - eta)*r`` above r; ``r`` (one sample's shape) >= 0."""
+
+    def forward(self, node, p, x):
+        return p["eta"] * x + (1.0 - p["eta"]) * torch.minimum(x.clamp(min=0.0), p["r"])
+
+
 @_register("sigmoid")
 class Sigmoid(Op):
     def forward(self, node, p, x):

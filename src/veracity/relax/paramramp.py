@@ -46,7 +46,11 @@ def paramramp(l, u, r, eta: float = 0.0, lines: str = "tight", alpha=None) -> Li
     if not 0.0 <= eta < 1.0:
         raise ValueError(f"eta must be in [0, 1), got {eta}")
     r = torch.as_tensor(r, dtype=l.dtype, device=l.device)
-    if bool((r < 0).any()):
+    try:
+        negative = bool((r < 0).any())
+    except RuntimeError:  # inside torch.func.vmap the check cannot run; the ParamRamp modules clamp r
+        negative = False
+    if negative:
         raise ValueError("paramramp needs r >= 0")
     l, u, r = torch.broadcast_tensors(l, u, r)
     one, zero = torch.ones_like(l), torch.zeros_like(l)
