@@ -134,7 +134,8 @@ def verify_cmd(
     spec: Annotated[Path, typer.Argument(help="VNN-LIB property (.vnnlib or .vnnlib.gz)")],
     timeout: Annotated[float, typer.Option(help="seconds; 0 for none")] = 300.0,
     result: Annotated[Path | None, typer.Option(help="write the VNN-COMP result file here")] = None,
-    methods: Annotated[str, typer.Option(help="bounding methods to try in order, comma-separated")] = ",".join(
+    methods: Annotated[str, typer.Option(help="bounding methods to try in order, comma-separated; add cegar for "
+                                         "sigmoid/tanh abstraction refinement after them")] = ",".join(
         DEFAULT_METHODS
     ),
 ):
@@ -146,9 +147,9 @@ def verify_cmd(
 
     def go():
         ms = [m.strip() for m in methods.split(",") if m.strip()]
-        bad = [m for m in ms if m not in METHODS]
+        bad = [m for m in ms if m not in METHODS and m != "cegar"]
         if bad:
-            raise BadInput(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+            raise BadInput(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}, cegar")
         graph, s = _load(model, spec)
         _verify(graph, s, model, timeout, ms, result)
 

@@ -48,7 +48,7 @@ from veracity.bounds.crown import crown_bounds
 from veracity.bounds.ibp import Bounds
 from veracity.graph import ops
 from veracity.graph.ir import Graph, Node, UnsupportedError
-from veracity.solvers.lp import INF, PIECEWISE_LINEAR, ROW_SLACK, S_SHAPED_ALPHAS, Model
+from veracity.solvers.lp import EPS, INF, PIECEWISE_LINEAR, ROW_SLACK, S_SHAPED_ALPHAS, Model
 from veracity.solvers.milp import UNSAT_MARGIN
 from veracity.spec.core import Spec
 from veracity.verify.attack import Checker, pgd_attack
@@ -158,6 +158,8 @@ class Abstraction:
         self.graph = graph
         self.points = points
         self.nodes: dict[str, list[Element]] = {}
+        self.bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # pre-activation bounds the abstraction is for
+        self._lines: dict[str, tuple[list, tuple[np.ndarray, np.ndarray]]] = {}
         self.refinements = 0
 
     def init_node(self, node: Node, l: np.ndarray, u: np.ndarray) -> list[Element]:
@@ -174,11 +176,27 @@ class Abstraction:
                 halves.append(Half(a, b, convex, tangents, breaks))
             els.append(Element(halves))
         self.nodes[node.name] = els
+        self.bounds[node.name] = (l.copy(), u.copy())
+        lt, ut = torch.from_numpy(l), torch.from_numpy(u)
+        fn = relax.sigmoid if node.op == "sigmoid" else relax.tanh
+        lines = [fn(lt, ut, torch.full_like(lt, al), torch.full_like(lt, al)) for al in S_SHAPED_ALPHAS]
+        self._lines[node.name] = ([tuple(t.numpy() for t in (b.lw, b.lb, b.uw, b.ub)) for b in lines],
+                                  (_f(node.op, l) - 4 * EPS, _f(node.op, u) + 4 * EPS))
         return els
 
+    def _global_ok(self, name: str, i: int, z: float, y: float, tol: float) -> bool:
+        """Whether (z, y) satisfies the whole-interval lines and the value bounds of element ``i``."""
+        lines, (y0, y1) = self._lines[name]
+        if not y0[i] - tol <= y <= y1[i] + tol:
+            return False
+        return all(lw[i] * z + lb[i] - tol <= y <= uw[i] * z + ub[i] + tol for lw, lb, uw, ub in lines)
+
     def contains(self, name: str, i: int, z: float, y: float, tol: float = 0.0) -> bool:
-        """Whether (z, y) lies in the abstraction of element ``i`` of node ``name`` (up to ``tol``)."""
+        """Whether (z, y) lies in the abstraction of element ``i`` of node ``name`` (up to ``tol``): the set the
+        encoder's rows describe (halves, whole-interval lines and value bounds)."""
         op = self.graph.nodes[name].op
+        if not self._global_ok(name, i, z, y, tol):
+            return False
         for h in self.nodes[name][i].halves:
             if h.lo - tol <= z <= h.hi + tol:
                 zc = min(max(z, h.lo), h.hi)
@@ -222,12 +240,9 @@ class Abstraction:
             els = self.init_node(node, l, u)
         ylo, yhi = model.lower[node.name], model.upper[node.name]
         # the whole-interval lines (never looser than the plain LP)
-        fn = relax.sigmoid if node.op == "sigmoid" else relax.tanh
-        lt, ut = torch.from_numpy(l), torch.from_numpy(u)
-        for al in S_SHAPED_ALPHAS:
-            lines = fn(lt, ut, torch.full_like(lt, al), torch.full_like(lt, al))
-            model.pairs(y, 1.0, z, -lines.lw.numpy(), lines.lb.numpy(), INF)
-            model.pairs(y, 1.0, z, -lines.uw.numpy(), -INF, lines.ub.numpy())
+        for lw, lb, uw, ub in self._lines[node.name][0]:
+            model.pairs(y, 1.0, z, -lw, lb, INF)
+            model.pairs(y, 1.0, z, -uw, -INF, ub)
         rows: list[tuple[list[int], list[float], float, float]] = []  # (cols, vals, lower, upper)
 
         def binary(n: int) -> np.ndarray:

@@ -29,9 +29,11 @@ from veracity.solvers import milp
 from veracity.spec.core import Case, Spec
 from veracity.verify.attack import Checker, pgd_attack
 from veracity.verify.bab import input_split, relu_inputs, relu_split
+from veracity.verify.cegar import cegar_stage
+from veracity.verify.cegar import supports as cegar_supports
 from veracity.verify.result import Result
 
-DEFAULT_METHODS = ("ibp", "crown", "alpha")
+DEFAULT_METHODS = ("ibp", "crown", "alpha")  # "cegar" may be added (sigmoid/tanh CEGAR after the bounds)
 INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
 LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, and finds narrow regions)
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
@@ -152,7 +154,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                 if hit is not None:
                     return done("sat", "attack", *hit)
             open_ = [[True] * len(c.regions) for c in spec.cases]
-            for method in methods:
+            n_open = sum(map(sum, open_))
+            for method in (m for m in methods if m != "cegar"):
                 open_regions(graph, spec, method, open_, lines)
                 n_open = sum(map(sum, open_))
                 log.append(f"{method}: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
@@ -160,6 +163,14 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", method)
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
+            if "cegar" in methods and cegar_supports(graph):  # opt-in: sigmoid/tanh abstraction refinement
+                r = cegar_stage(graph, spec, checker, open_, deadline)
+                log.extend(r.log)
+                if r.status in ("sat", "unsat"):
+                    return done(r.status, "cegar", *(r.witness or ()))
+                if r.status == "timeout":
+                    return done("timeout")
+                n_open = sum(map(sum, open_))
             if not branch:
                 return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
             exact = milp.supports(graph)
