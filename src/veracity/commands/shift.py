@@ -257,6 +257,9 @@ def register(app: typer.Typer) -> None:
             help="cegar (sigmoid CEGAR), driver (attack, bounds, branch and bound), crown or alpha (bounds "
                  "only, after an attack)")] = "cegar",
         timeout: Annotated[float, typer.Option(help="seconds per instance (also written to instances.csv)")] = 60.0,
+        form: Annotated[str, typer.Option(
+            help="z: one network per image over the latent z alone (image folded in); concat: one network over "
+                 "concat(flatten(x), z) for all images, each property pinning x")] = "z",
         write_only: Annotated[bool, typer.Option("--write-only", help="write the instances, do not verify")] = False,
         threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0,
     ):
@@ -280,7 +283,7 @@ def register(app: typer.Typer) -> None:
             import numpy as np
 
             from veracity.shift.compose import ComposeError
-            from veracity.shift.latent import VERIFY_METHODS, Networks, verify_instance, write_instance
+            from veracity.shift.latent import FORMS, VERIFY_METHODS, Networks, verify_instance, write_instance
 
             if method not in VERIFY_METHODS:
                 raise BadInput(f"unknown --method {method!r}; choose from {', '.join(VERIFY_METHODS)}")
@@ -289,6 +292,8 @@ def register(app: typer.Typer) -> None:
                     import veracity.verify.cegar  # noqa: F401
                 except ImportError:
                     raise BadInput("--method cegar: veracity.verify.cegar is not available; use driver") from None
+            if form not in FORMS:
+                raise BadInput(f"unknown --form {form!r}; choose from {', '.join(FORMS)}")
             if not delta > 0:
                 raise BadInput(f"--delta must be positive, got {delta}")
             if not timeout > 0:
@@ -317,13 +322,13 @@ def register(app: typer.Typer) -> None:
                 for i in idx:
                     x, y = x_test[i], int(y_test[i])
                     try:
-                        inst = write_instance(nets, x, y, i, delta, folder, source=dataset)
+                        inst = write_instance(nets, x, y, i, delta, folder, source=dataset, form=form)
                     except ComposeError as e:
                         raise BadInput(str(e)) from None
                     row = {"index": i, "label": y, "prediction": inst.prediction, "status": "misclassified",
                            "method": "", "time_s": "", "onnx": "", "vnnlib": "",
                            "ort_vs_graph": "", "ort_vs_pipeline": ""}
-                    if inst.onnx_path is not None:
+                    if inst.vnnlib_path is not None:
                         rel_o = inst.onnx_path.relative_to(folder).as_posix()
                         rel_v = inst.vnnlib_path.relative_to(folder).as_posix()
                         inst_lines.append(f"{rel_o},{rel_v},{timeout:g}")

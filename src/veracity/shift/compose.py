@@ -11,6 +11,9 @@ The route is plain ONNX graph surgery, so any generator and classifier ONNX work
 
 For our generator the result is a plain MLP ``Gemm Relu Gemm Sigmoid (Reshape) <classifier>``: the form
 every VNN-COMP verifier reads.
+
+:func:`compose_concat` builds the other common form (the public ``dist_shift`` benchmark's): one network for
+all images whose single input is ``concat(flatten(x), z)``; each property then pins the x entries.
 """
 
 from __future__ import annotations
@@ -200,3 +203,37 @@ def compose(bound_generator: onnx.ModelProto, classifier: onnx.ModelProto) -> on
                                   doc_string="classifier(G(x, z)) with the image x fixed; input: latent z")
     onnx.checker.check_model(m)
     return m
+
+
+def compose_concat(generator: onnx.ModelProto, classifier: onnx.ModelProto) -> onnx.ModelProto:
+    """``v -> classifier(G(x, z))`` with ``v = concat(flatten(x), z)`` of shape (1, n_x + n_z): one network."""
+    xi, zi = generator_io(generator)
+    xd, zd = _dims(xi), _dims(zi)
+    n_x, n_z = int(np.prod(xd[1:])), int(np.prod(zd[1:]))
+    opset = _opset(generator)
+    v = helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, n_x + n_z])
+    inits = [numpy_helper.from_array(np.array(a, np.int64), n) for n, a in (
+        ("x_start", [0]), ("x_end", [n_x]), ("z_end", [n_x + n_z]), ("axis1", [1]),
+        ("x_shape", [1, *xd[1:]]), ("z_shape", [1, *zd[1:]]))]
+    nodes = [
+        helper.make_node("Slice", ["input", "x_start", "x_end", "axis1"], ["x_flat"], name="slice_x"),
+        helper.make_node("Reshape", ["x_flat", "x_shape"], ["x"], name="reshape_x"),
+        helper.make_node("Slice", ["input", "x_end", "z_end", "axis1"], ["z_flat"], name="slice_z"),
+        helper.make_node("Reshape", ["z_flat", "z_shape"], ["z"], name="reshape_z"),
+    ]
+    outs = [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, *xd[1:]]),
+            helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, *zd[1:]])]
+    front = helper.make_model(helper.make_graph(nodes, "split", [v], outs, inits),
+                              opset_imports=[helper.make_opsetid("", max(opset, 13))])
+    g = onnx.ModelProto()
+    g.CopyFrom(generator)
+    if _opset(g) < 13:
+        from onnx import version_converter
+
+        g = version_converter.convert_version(g, 13)
+    front.ir_version = g.ir_version = max(front.ir_version, g.ir_version)
+    keep = [o for o in g.opset_import if o.domain in ("", "ai.onnx")]
+    del g.opset_import[:]
+    g.opset_import.extend(keep)
+    both = onnx.compose.merge_models(front, g, io_map=[("x", xi.name), ("z", zi.name)], prefix2="gen/")
+    return compose(both, classifier)

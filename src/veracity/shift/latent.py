@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 import torch
 
-from veracity.shift.compose import bind_image, compose, generator_io, graph_inputs
+from veracity.shift.compose import bind_image, compose, compose_concat, generator_io, graph_inputs
 
 VERIFY_METHODS = ("cegar", "driver", "crown", "alpha")
+FORMS = ("z", "concat")  # per-image networks over z alone, or one network over concat(flatten(x), z)
 
 
 def _session(model):
@@ -71,6 +72,9 @@ class Networks:
     def composed(self, x: np.ndarray) -> onnx.ModelProto:
         return compose(bind_image(self.generator, x), self.classifier)
 
+    def composed_concat(self) -> onnx.ModelProto:
+        return compose_concat(self.generator, self.classifier)
+
 
 def latent_box(mu: np.ndarray, sigma: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return mu - delta * sigma, mu + delta * sigma
@@ -108,10 +112,12 @@ def probe_points(lower: np.ndarray, upper: np.ndarray, n: int = 4, seed: int = 0
     return np.stack(pts)
 
 
-def check_instance(nets: Networks, x: np.ndarray, onnx_path: Path, vnnlib_path: Path) -> tuple[float, float]:
+def check_instance(nets: Networks, x: np.ndarray, onnx_path: Path, vnnlib_path: Path,
+                   n_fixed: int = 0) -> tuple[float, float]:
     """Load the written files back (veracity importer, VNN-LIB parser, onnxruntime) and compare outputs.
 
-    Returns (max |onnxruntime - Graph|, max |composed - separate pipeline|) over :func:`probe_points`.
+    ``n_fixed``: leading inputs pinned to the image (the concat form). Returns (max |onnxruntime - Graph|,
+    max |composed - separate pipeline|) over :func:`probe_points`.
     """
     from veracity.graph import load_onnx
     from veracity.spec import load_vnnlib
@@ -119,6 +125,9 @@ def check_instance(nets: Networks, x: np.ndarray, onnx_path: Path, vnnlib_path: 
     graph = load_onnx(onnx_path)
     spec = load_vnnlib(vnnlib_path, n_inputs=graph.n_inputs, n_outputs=graph.n_outputs)
     box = spec.cases[0].box
+    if n_fixed and not (np.array_equal(box.lower[:n_fixed], box.upper[:n_fixed])
+                        and np.array_equal(box.lower[:n_fixed], x.reshape(-1).astype(np.float32).astype(np.float64))):
+        raise ValueError(f"{vnnlib_path}: the image inputs are not pinned to the image")
     sess = _session(onnx_path.read_bytes())
     name = sess.get_inputs()[0].name
     shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
@@ -129,37 +138,53 @@ def check_instance(nets: Networks, x: np.ndarray, onnx_path: Path, vnnlib_path: 
         with torch.no_grad():
             g = graph(torch.from_numpy(z32.astype(np.float64))[None]).reshape(-1).numpy()
         d_graph = max(d_graph, float(np.abs(y - g).max()))
-        d_pipe = max(d_pipe, float(np.abs(y - nets.pipeline(x, z32)).max()))
+        d_pipe = max(d_pipe, float(np.abs(y - nets.pipeline(x, z32[n_fixed:])).max()))
     return d_graph, d_pipe
 
 
 def write_instance(nets: Networks, x: np.ndarray, label: int, index: int, delta: float, out: Path,
-                   source: str = "") -> Instance:
-    """Write ``onnx/img<index>.onnx`` and ``vnnlib/img<index>_delta<delta>.vnnlib`` under ``out``.
+                   source: str = "", form: str = "z") -> Instance:
+    """Write the network and ``vnnlib/img<index>_delta<delta>.vnnlib`` under ``out``.
 
+    ``form`` "z": the network ``onnx/img<index>.onnx`` over z alone; "concat": the shared network
+    ``onnx/shift_concat.onnx`` over ``concat(flatten(x), z)`` (written once) and a property pinning x.
     Images the classifier gets wrong at z = mu are not written (their ``onnx_path`` stays None).
     """
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}; choose from {', '.join(FORMS)}")
     mu, sigma = nets.prior(x)
     pred = int(np.argmax(nets.pipeline(x, mu.astype(np.float32))))
     inst = Instance(index, int(label), pred)
     if pred != label:
         return inst
     lower, upper = latent_box(mu, sigma, delta)
-    model = nets.composed(x)
     (out / "onnx").mkdir(parents=True, exist_ok=True)
     (out / "vnnlib").mkdir(parents=True, exist_ok=True)
-    inst.onnx_path = out / "onnx" / f"img{index}.onnx"
     inst.vnnlib_path = out / "vnnlib" / f"img{index}_delta{delta:g}.vnnlib"
-    onnx.save(model, str(inst.onnx_path))
+    n_fixed = 0
+    if form == "z":
+        inst.onnx_path = out / "onnx" / f"img{index}.onnx"
+        onnx.save(nets.composed(x), str(inst.onnx_path))
+        inputs = f"inputs X_0..X_{len(mu) - 1}: the latent z"
+    else:
+        inst.onnx_path = out / "onnx" / "shift_concat.onnx"
+        if getattr(nets, "_concat_written", None) != inst.onnx_path:
+            onnx.save(nets.composed_concat(), str(inst.onnx_path))
+            nets._concat_written = inst.onnx_path
+        pixels = x.reshape(-1).astype(np.float32).astype(np.float64)
+        n_fixed = len(pixels)
+        lower, upper = np.concatenate([pixels, lower]), np.concatenate([pixels, upper])
+        inputs = (f"inputs X_0..X_{n_fixed - 1}: the image (pinned), X_{n_fixed}..X_{n_fixed + len(mu) - 1}: "
+                  f"the latent z")
     comments = [
         "veracity shift robustness instance: classifier(G(x, z)) with the image x fixed",
         f"image: {source} test index {index}, label {label}",
-        f"inputs X_0..X_{len(mu) - 1}: the latent z, in [mu - delta sigma, mu + delta sigma], delta = {delta:g}",
+        f"{inputs}, in [mu - delta sigma, mu + delta sigma], delta = {delta:g}",
         "unsat means the label stays on top for every z in the box",
     ]
     n_classes = nets.n_classes or int(nets.pipeline(x, mu.astype(np.float32)).size)
     inst.vnnlib_path.write_text(vnnlib_text(lower, upper, int(label), n_classes, comments))
-    inst.ort_vs_graph, inst.ort_vs_pipeline = check_instance(nets, x, inst.onnx_path, inst.vnnlib_path)
+    inst.ort_vs_graph, inst.ort_vs_pipeline = check_instance(nets, x, inst.onnx_path, inst.vnnlib_path, n_fixed)
     return inst
 
 
