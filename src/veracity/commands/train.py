@@ -34,6 +34,7 @@ class Loss(str, Enum):
     lbp = "lbp"
     crown_lbp = "crown-lbp"
     crown = "crown"
+    lp = "lp"
 
 
 class Smoothing(str, Enum):
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Annotated[Path | None, typer.Option(help="folder of MNIST idx or CIFAR-10 pickle files")] = None,
         model: Annotated[ModelName, typer.Option(help="architecture")] = ModelName.cnn_small,
         act: Annotated[Act, typer.Option(help="activation")] = Act.relu,
-        loss: Annotated[Loss, typer.Option(help="certified loss (bounds it is computed from)")] = Loss.ibp,
+        loss: Annotated[Loss, typer.Option(help="certified loss (lp: with pgpe only)")] = Loss.ibp,
         lines: Annotated[LinesOpt, typer.Option(help="relaxation lines for CROWN/LBP losses")] = LinesOpt.tight,
         smoothing: Annotated[Smoothing, typer.Option(help="Gaussian loss smoothing of the weights")] = Smoothing.none,
         eps: Annotated[float, typer.Option(help="L-inf radius to certify (pixels in [0, 1])")] = 0.1,

@@ -61,6 +61,8 @@ class Config:
         for k in ("eps", "epochs", "sigma"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be non-negative")
+        if self.loss == "lp" and self.smoothing != "pgpe":
+            raise ValueError("the lp loss has no gradient: train it with --smoothing pgpe")
         if self.batch < 1 or self.population < 1:
             raise ValueError("batch and population must be at least 1")
 

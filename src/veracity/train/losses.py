@@ -17,7 +17,8 @@ from veracity.bounds import crown, ibp, lbp, lbp_bounds
 from veracity.bounds.ibp import spec_interval
 from veracity.graph.ir import Graph
 
-LOSSES = ("ibp", "crown-ibp", "lbp", "crown-lbp", "crown")
+LOSSES = ("ibp", "crown-ibp", "lbp", "crown-lbp", "crown", "lp")
+DIFFERENTIABLE = ("ibp", "crown-ibp", "lbp", "crown-lbp", "crown")  # "lp" only through PGPE
 
 
 def margin_spec(y: torch.Tensor, n_classes: int, dtype=torch.float32) -> torch.Tensor:
@@ -56,7 +57,8 @@ def margins(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, m
     """Lower bounds (B, S) of ``C · f(x)`` over the boxes [lo, hi] by ``method``.
 
     ``crown-ibp`` mixes ``beta`` × CROWN-IBP with (1 − beta) × IBP (Zhang et al., 2020); ``crown`` is full
-    CROWN, ``crown-lbp`` CROWN with LBP's intermediate bounds.
+    CROWN, ``crown-lbp`` CROWN with LBP's intermediate bounds, ``lp`` the LP relaxation (values only: train
+    it with PGPE).
     """
     if method == "ibp":
         return ibp_margins(graph, lo, hi, C)
@@ -74,6 +76,13 @@ def margins(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, m
         return crown(graph, lo, hi, C, pre=lbp_bounds(graph, lo, hi, lines), lines=lines)[0]
     if method == "crown":
         return crown(graph, lo, hi, C, lines=lines)[0]
+    if method == "lp":  # HiGHS LP (triangle relaxation) on CROWN's intermediate bounds; no gradient
+        from veracity.solvers.lp import lp_bounds
+
+        with torch.no_grad():
+            low = lp_bounds(graph, lo.detach().double(), hi.detach().double(), C.detach().double(), lines=lines,
+                            solve_upper=False)[0]
+        return low.to(lo.dtype)
     raise ValueError(f"unknown loss {method!r}; choose from {', '.join(LOSSES)}")
 
 
