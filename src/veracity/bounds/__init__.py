@@ -43,6 +43,12 @@ def _outward(x: torch.Tensor, dtype: torch.dtype, direction: float) -> torch.Ten
     return torch.where(off, torch.nextafter(y, torch.full_like(y, direction)), y)
 
 
+def _admm(graph, lower, upper, C, lines):
+    from veracity.solvers.admm import admm_bounds  # the solvers import this package
+
+    return admm_bounds(graph, lower, upper, C, pre=crown_bounds(graph, lower, upper, lines), max_iter=2000)
+
+
 def _ibp_spec(graph, lower, upper, C, lines):
     return spec_interval(C, ibp(graph, lower, upper)[graph.output_name])
 
@@ -54,6 +60,7 @@ METHODS: dict[str, Callable[..., Interval]] = {
     "lbp": lambda g, l, u, C, lines: lbp(g, l, u, C, lines=lines),
     "crown-lbp": lambda g, l, u, C, lines: crown(g, l, u, C, pre=lbp_bounds(g, l, u, lines), lines=lines),
     "alpha": lambda g, l, u, C, lines: alpha_crown(g, l, u, C, lines=lines),
+    "admm": lambda g, l, u, C, lines: _admm(g, l, u, C, lines),
 }
 
 
