@@ -254,8 +254,8 @@ def register(app: typer.Typer) -> None:
         delta: Annotated[float, typer.Option(help="latent box half-width in prior standard deviations")] = 0.13,
         images: Annotated[str, typer.Option(help="test images START:STOP")] = "0:100",
         method: Annotated[str, typer.Option(
-            help="cegar (sigmoid CEGAR), driver (attack, bounds, branch and bound), crown or alpha (bounds "
-                 "only, after an attack)")] = "cegar",
+            help="cegar (sigmoid CEGAR after bounds), driver (attack, bounds, branch and bound, MILP), crown or "
+                 "alpha (these bounds, then an attack where they fail; no branching)")] = "cegar",
         timeout: Annotated[float, typer.Option(help="seconds per instance (also written to instances.csv)")] = 60.0,
         form: Annotated[str, typer.Option(
             help="z: one network per image over the latent z alone (image folded in); concat: one network over "
@@ -265,13 +265,14 @@ def register(app: typer.Typer) -> None:
     ):
         """Certify a classifier against a learned shift, one VNN-COMP instance per test image.
 
-        For each test image x (skipped when the classifier is wrong at z = mu): the latent box
-        z in [mu - delta sigma, mu + delta sigma] from the prior, the network z -> classifier(G(x, z)) with x
-        folded in (OUT/onnx/img<i>.onnx, input z only), the property "another class scores at least as high
-        as the label" (OUT/vnnlib/img<i>_delta<d>.vnnlib) and a row of OUT/instances.csv, so `veracity run
-        OUT` and other verifiers run the same problems. Each written instance is read back by veracity and
-        onnxruntime and checked against the separate generator and classifier. Verdicts go to
-        OUT/verification.csv (unsat = certified), the summary to OUT/summary.json.
+        For each test image x (skipped when the classifier is wrong at z = mu): the latent box, each z_i
+        between mu_i - delta sigma_i and mu_i + delta sigma_i from the prior; the network
+        z -> classifier(G(x, z)) with x folded in (OUT/onnx/img<i>.onnx, input z only; with --form concat one
+        OUT/onnx/shift_concat.onnx over concat(flatten(x), z) and x pinned in the property); the property
+        "another class scores at least as high as the label" (OUT/vnnlib/img<i>_delta<d>.vnnlib) and a row of
+        OUT/instances.csv, so `veracity run OUT` and other verifiers run the same problems. Each written
+        instance is read back by veracity and onnxruntime and checked against the separate generator and
+        classifier. Verdicts go to OUT/verification.csv (unsat = certified), the summary to OUT/summary.json.
         """
         from veracity.cli import BadInput, guard
         from veracity.cli import out as console
