@@ -8,7 +8,10 @@ Every step runs the real command in a subprocess (one torch thread each), so the
                           [--images 0:100] [--epochs 3] [--method cegar] [--compare] [--docs]
 
 --compare adds the classifier comparison (reusing the generators); --docs copies the picture grids to
-docs/img/shift_<name>.png.
+docs/img/shift_<name>.png. ``--methods N`` only compares the verification methods (cegar, driver, crown,
+alpha) on the first N instances already written by a previous run under --out:
+
+    python bench/shift.py --out /tmp/shift_bench --methods 20
 """
 
 from __future__ import annotations
@@ -38,6 +41,29 @@ def run(args: list[str], log: Path) -> float:
     return dt
 
 
+def compare_methods(a) -> None:
+    import torch
+
+    from veracity.shift.latent import VERIFY_METHODS, verify_instance
+    from veracity.verify.runner import read_instances
+
+    torch.set_num_threads(1)
+    print(f"rerun: python bench/shift.py --out {a.out} --shifts {a.shifts} --methods {a.methods} --timeout {a.timeout}")
+    print(f"{'shift':<11}{'method':<8}{'unsat':>7}{'sat':>5}{'other':>7}{'total s':>9}{'median s':>10}")
+    for s in [s.strip() for s in a.shifts.split(",") if s.strip()]:
+        folder = a.out / f"verify_{s}_mlp"
+        if not (folder / "instances.csv").is_file():
+            sys.exit(f"{folder}/instances.csv missing: run the bench without --methods first")
+        insts = read_instances(folder)[:a.methods]
+        for m in VERIFY_METHODS:
+            res = [verify_instance(folder / i.onnx, folder / i.vnnlib, m, a.timeout) for i in insts]
+            st = [r.status for r in res]
+            ts = sorted(r.time_s for r in res)
+            other = len(st) - st.count("unsat") - st.count("sat")
+            print(f"{s:<11}{m:<8}{st.count('unsat'):>7}{st.count('sat'):>5}{other:>7}"
+                  f"{sum(ts):>9.1f}{ts[len(ts) // 2]:>10.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
@@ -50,7 +76,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--compare", action="store_true")
     ap.add_argument("--docs", action="store_true")
+    ap.add_argument("--methods", type=int, default=0, help="compare the methods on N written instances per shift")
     a = ap.parse_args()
+    if a.methods:
+        compare_methods(a)
+        return
     if not a.data_dir.is_dir():
         sys.exit(f"no MNIST at {a.data_dir} (pass --data-dir)")
     a.out.mkdir(parents=True, exist_ok=True)

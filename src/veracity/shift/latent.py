@@ -53,6 +53,7 @@ class Networks:
         self.clf_s = _session(self.classifier)
         n_classes = self.clf_s.get_outputs()[0].shape
         self.n_classes = int(n_classes[-1]) if isinstance(n_classes[-1], int) else None
+        self._concat_written: Path | None = None  # where the shared concat-form network was saved
 
     def prior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mu, sigma) in float64 for one image."""
@@ -168,7 +169,7 @@ def write_instance(nets: Networks, x: np.ndarray, label: int, index: int, delta:
         inputs = f"inputs X_0..X_{len(mu) - 1}: the latent z"
     else:
         inst.onnx_path = out / "onnx" / "shift_concat.onnx"
-        if getattr(nets, "_concat_written", None) != inst.onnx_path:
+        if nets._concat_written != inst.onnx_path:
             onnx.save(nets.composed_concat(), str(inst.onnx_path))
             nets._concat_written = inst.onnx_path
         pixels = x.reshape(-1).astype(np.float32).astype(np.float64)
