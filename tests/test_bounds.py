@@ -36,9 +36,11 @@ from nets import (
     sample_box,
 )
 
-from veracity.bounds import METHODS, bound_spec, crown, widen
+from veracity.bounds import METHODS, bound_spec, crown, crown_bounds, widen
+from veracity.bounds.alpha import alpha_bounds
 from veracity.graph import Graph, Node, load_onnx
 from veracity.spec import load_vnnlib
+from veracity.verify.bab import relu_inputs
 
 D = torch.float64
 LINES = ("tight", "adaptive")
@@ -217,6 +219,29 @@ def test_alpha_is_sound_and_never_looser_than_crown(data, spec: NetSpec):
             continue
         assert_contains(a, ymin, ymax, f"alpha/{lines}")
         assert_no_looser(a, bounds_of(g, l, u, C, "crown", lines), f"alpha vs crown ({lines})", rtol=1e-9)
+
+
+@settings(RANDOM_NETS, max_examples=10)
+@given(data=st.data(), spec=net_specs(piecewise_linear=True))
+def test_alpha_intermediate_bounds_are_sound_and_no_looser_than_crown(data, spec: NetSpec):
+    """alpha_bounds: every node's bounds contain the node's values at sampled inputs and lie within full CROWN's."""
+    g = build(spec)
+    l, u, _, _, gen = data.draw(boxes_and_specs(g))
+    try:
+        ref = crown_bounds(g, l, u, "both")
+    except (ValueError, RuntimeError) as e:
+        if is_empty_rows_bug(e):
+            return
+        raise
+    opt = alpha_bounds(g, l, u, pre=ref)
+    for b in range(l.shape[0]):
+        x = sample_box(gen, l[b], u[b], 2000)
+        values = g.forward_all(x)
+        for name in relu_inputs(g):
+            lo, hi = (t[b : b + 1].reshape(1, -1) for t in opt[name])
+            assert_no_looser((lo, hi), tuple(t[b : b + 1].reshape(1, -1) for t in ref[name]), name, rtol=1e-12)
+            v = values[name].reshape(x.shape[0], -1)
+            assert (v >= lo - 1e-9 * (1 + lo.abs())).all() and (v <= hi + 1e-9 * (1 + hi.abs())).all(), name
 
 
 # -- batches -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from veracity.bounds import rules
-from veracity.bounds.crown import backward, crown_bounds
+from veracity.bounds.crown import backward, crown_bounds, needs_bounds
 from veracity.bounds.ibp import Bounds
 from veracity.graph.ir import Graph
 
@@ -58,6 +58,8 @@ def maximise(value: Callable[[], torch.Tensor], params: list[tuple[torch.Tensor,
     for it in range(1, iters + 1):
         val = value()
         best = torch.maximum(best, val.detach())
+        if not val.requires_grad:  # no parameter reaches the bound (every line it uses is exact)
+            return best
         grads = torch.autograd.grad(val.sum(), leaves, allow_unused=True)
         with torch.no_grad():
             for (t, lo, hi), g, mt, vt in zip(params, grads, m, v, strict=True):
@@ -83,3 +85,36 @@ def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch
     leaves = [(t, 0.0, 1.0) for d in params.values() for t in d.values()]
     best = maximise(lambda: backward(graph, out.name, A0, bounds, lines, params), leaves, iters, lr)
     return best[:, :S], -best[:, S:]
+
+
+def alpha_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "adaptive", iters: int = 20,
+                 lr: float = 0.5, pre: Bounds | None = None) -> Bounds:
+    """Intermediate bounds with optimised lines: full CROWN (``pre``, default ``crown_bounds(..., "both")``),
+    then, layer by layer, the neurons it leaves unstable bounded by α-CROWN (lines optimised per neuron and
+    side) and intersected with CROWN's. Each layer's pass uses the refined bounds of the layers before it."""
+    bounds = dict(pre) if pre is not None else crown_bounds(graph, lower, upper, "both")
+    consumers, order = graph.consumers(), list(graph.nodes)
+    for name in needs_bounds(graph):
+        if not all(graph.nodes[c].op in ("relu", "leaky_relu") for c in consumers[name]):
+            continue
+        l, u = bounds[name]
+        B, shape = l.shape[0], l.shape[1:]
+        lf, uf = l.reshape(B, -1), u.reshape(B, -1)
+        rows = ((lf < 0) & (uf > 0)).any(0).nonzero().flatten()
+        if rows.numel() == 0:
+            continue
+        r = rows.numel()
+        C = torch.zeros(B, r, lf.shape[1], dtype=l.dtype, device=l.device)
+        C[:, torch.arange(r), rows] = 1.0
+        C = C.reshape(B, r, *shape)
+        A0 = torch.cat([C, -C], 1)
+        params = {k: v for k, v in init_alphas(graph, bounds, 2 * r, lines).items()
+                  if order.index(k) < order.index(name)}
+        leaves = [(t, 0.0, 1.0) for d in params.values() for t in d.values()]
+        with torch.enable_grad():
+            best = maximise(lambda: backward(graph, name, A0, bounds, lines, params), leaves, iters, lr)  # noqa: B023
+        lf, uf = lf.clone(), uf.clone()
+        lf[:, rows] = torch.maximum(lf[:, rows], best[:, :r].detach())
+        uf[:, rows] = torch.minimum(uf[:, rows], -best[:, r:].detach())
+        bounds[name] = lf.reshape(B, *shape), uf.reshape(B, *shape)
+    return bounds

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from veracity.bounds import widen
-from veracity.bounds.alpha import init_alphas, maximise
+from veracity.bounds.alpha import alpha_bounds, init_alphas, maximise
 from veracity.bounds.crown import backward, crown_bounds, needs_bounds
 from veracity.graph.ir import Graph
 from veracity.solvers.milp import decide_case
@@ -231,7 +231,7 @@ class _SplitBounder:
                  iters: int, lr: float):
         self.graph, self.C, self.b, self.iters, self.lr = graph, C, b, iters, lr
         self.pre = relu_inputs(graph)
-        self.root = crown_bounds(graph, lo, hi, "both")
+        self.root = alpha_bounds(graph, lo, hi)
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
     def root_domains(self) -> _Domains:
