@@ -160,6 +160,7 @@ class Abstraction:
         self.nodes: dict[str, list[Element]] = {}
         self.bounds: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # pre-activation bounds the abstraction is for
         self._lines: dict[str, tuple[list, tuple[np.ndarray, np.ndarray]]] = {}
+        self._straddle: dict[str, np.ndarray] = {}
         self.refinements = 0
 
     def init_node(self, node: Node, l: np.ndarray, u: np.ndarray) -> list[Element]:
@@ -172,6 +173,8 @@ class Abstraction:
             halves = []
             for a, b, convex in parts:
                 tangents = [a + f * (b - a) for f in q] if b > a else [a]
+                if len(parts) == 1 and b > a:  # also the ends: the whole-interval lines are then not needed
+                    tangents = [a, *tangents, b]
                 breaks = [a] + [a + f * (b - a) for f in qb] + [b] if b > a else [a, b]
                 halves.append(Half(a, b, convex, tangents, breaks))
             els.append(Element(halves))
@@ -180,6 +183,7 @@ class Abstraction:
         lt, ut = torch.from_numpy(l), torch.from_numpy(u)
         fn = relax.sigmoid if node.op == "sigmoid" else relax.tanh
         lines = [fn(lt, ut, torch.full_like(lt, al), torch.full_like(lt, al)) for al in S_SHAPED_ALPHAS]
+        self._straddle[node.name] = np.array([len(e.halves) == 2 for e in els], dtype=bool)
         self._lines[node.name] = ([tuple(t.numpy() for t in (b.lw, b.lb, b.uw, b.ub)) for b in lines],
                                   (_f(node.op, l) - 4 * EPS, _f(node.op, u) + 4 * EPS))
         return els
@@ -189,6 +193,8 @@ class Abstraction:
         lines, (y0, y1) = self._lines[name]
         if not y0[i] - tol <= y <= y1[i] + tol:
             return False
+        if not self._straddle[name][i]:
+            return True
         return all(lw[i] * z + lb[i] - tol <= y <= uw[i] * z + ub[i] + tol for lw, lb, uw, ub in lines)
 
     def contains(self, name: str, i: int, z: float, y: float, tol: float = 0.0) -> bool:
@@ -239,10 +245,12 @@ class Abstraction:
         if els is None or len(els) != l.size:
             els = self.init_node(node, l, u)
         ylo, yhi = model.lower[node.name], model.upper[node.name]
-        # the whole-interval lines (never looser than the plain LP)
+        # the whole-interval lines where the interval straddles 0 (never looser than the plain LP; on one-sided
+        # intervals they are the tangents at both ends and the middle and the chord, which the half has)
+        st = self._straddle[node.name]
         for lw, lb, uw, ub in self._lines[node.name][0]:
-            model.pairs(y, 1.0, z, -lw, lb, INF)
-            model.pairs(y, 1.0, z, -uw, -INF, ub)
+            model.pairs(y[st], 1.0, z[st], -lw[st], lb[st], INF)
+            model.pairs(y[st], 1.0, z[st], -uw[st], -INF, ub[st])
         rows: list[tuple[list[int], list[float], float, float]] = []  # (cols, vals, lower, upper)
 
         def binary(n: int) -> np.ndarray:
@@ -312,6 +320,8 @@ def build_model(graph: Graph, abstraction: Abstraction, pre: Bounds, time_limit:
     m = Model(graph, pre, 0, encoders=abstraction.encoders(), integer=integer, time_limit=time_limit)
     m.h.setOptionValue("mip_rel_gap", 0.0)
     m.h.setOptionValue("mip_abs_gap", 0.0)
+    # HiGHS's MIP presolve does not honour the time limit (tens of seconds on a generator's 784 sigmoids)
+    m.h.setOptionValue("presolve", "off")
     return m.build()
 
 
