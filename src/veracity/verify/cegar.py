@@ -387,6 +387,8 @@ def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check,
         if left is not None and left <= 0:
             return RegionOutcome("timeout", iterations=it, refinements=ab.refinements)
         m = build_model(graph, ab, pre)
+        if deadline is not None and time.monotonic() >= deadline:
+            return RegionOutcome("timeout", iterations=it, refinements=ab.refinements)
         status, cand = solve_region(graph, m, A, b, deadline)
         it += 1
         if status == "infeasible":
