@@ -64,6 +64,20 @@ def compare_methods(a) -> None:
                   f"{sum(ts):>9.1f}{ts[len(ts) // 2]:>10.2f}")
 
 
+def print_table(results: dict, shifts: list[str]) -> None:
+    """Certified / images per classifier and shift, with the misclassified, sat and undecided counts."""
+    print(f"{'classifier':<12}" + "".join(f"{s:>40}" for s in shifts))
+    for name in ("mlp_none", "mlp_all", "conv_none", "conv_all"):
+        cells = []
+        for s in shifts:
+            m = results[(name, s)]
+            c = m["counts"]
+            rest = m["written"] - c.get("unsat", 0) - c.get("sat", 0)
+            cells.append(f"{c.get('unsat', 0)}/{m['images']} ({c.get('misclassified', 0)} wrong, "
+                         f"{c.get('sat', 0)} sat, {rest} open; {m['verify_s_total']:.0f} s)")
+        print(f"{name:<12}" + "".join(f"{c:>40}" for c in cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
@@ -149,15 +163,7 @@ def main() -> None:
                 results[(name, s)] = summ
             acc = (a.out / f"{name}.log").read_text().split("test accuracy clean", 1)[-1].strip().splitlines()
             print(f"{name:<10} accuracy: clean {acc[0].strip()}; {acc[1].strip() if len(acc) > 1 else ''}")
-    print(f"{'classifier':<12}" + "".join(f"{s:>22}" for s in shifts))
-    for name in ("mlp_none", "mlp_all", "conv_none", "conv_all"):
-        cells = []
-        for s in shifts:
-            m = results[(name, s)]
-            c = m["counts"]
-            cells.append(f"{c.get('unsat', 0)}/{m['images']} ({c.get('misclassified', 0)} wrong, "
-                         f"{c.get('sat', 0)} sat)")
-        print(f"{name:<12}" + "".join(f"{c:>22}" for c in cells))
+    print_table(results, shifts)
     print(f"total wall time with the comparison: {(time.perf_counter() - t_all) / 60:.1f} min")
 
 
