@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from veracity import relax
 from veracity.bounds import rules
-from veracity.bounds.crown import crown_bounds, needs_bounds, spec_bounds
+from veracity.bounds.crown import crown_bounds, ibp_exact, needs_bounds, spec_bounds
 from veracity.bounds.ibp import Bounds, ibp_node, spec_interval
 from veracity.graph import ops
 from veracity.graph.ir import Graph, Node, UnsupportedError
@@ -607,17 +607,25 @@ def _refine_order(graph: Graph) -> tuple[list[str], dict[str, bool]]:
     return need, relu_only
 
 
-def refine_model(model: Model, hook: Callable[[Model, str], None] | None = None) -> Model:
+def refine_model(model: Model, hook: Callable[[Model, str], None] | None = None, refine: bool = True) -> Model:
     """Build ``model`` node by node, refining each pre-activation's bounds by LPs before it is used.
 
-    Only elements that are unstable (for ReLU-like consumers) are refined. ``hook(model, name)`` runs after
-    each node is added (kPoly adds its group constraints there).
+    Only elements that are unstable (for ReLU-like consumers) are refined; nodes where IBP is exact (an
+    affine map of the input box) get their exact interval instead of LPs. ``hook(model, name)`` runs after
+    each node is added (kPoly adds its group constraints there). ``refine=False``: no LPs, only the hook.
     """
     need, relu_only = _refine_order(model.graph)
-    need = set(need)
+    need = set(need) if refine else set()
+    exact = ibp_exact(model.graph)
     for name in model.graph.nodes:
         model.add_node(name)
-        if name in need and model.graph.nodes[name].op not in ("input", "const"):
+        n = model.graph.nodes[name]
+        if name in need and name in exact and n.op not in ("input", "const"):
+            box = {i: (torch.from_numpy(model.lower[i]).reshape(1, *model.graph.nodes[i].shape),
+                       torch.from_numpy(model.upper[i]).reshape(1, *model.graph.nodes[i].shape)) for i in n.inputs}
+            lo, hi = ibp_node(model.graph, n, box, 1, torch.float64, "cpu")
+            model.tighten(name, lo.reshape(-1).numpy(), hi.reshape(-1).numpy())
+        elif name in need and n.op not in ("input", "const"):
             model.var(name)
             lo, hi = model.lower[name], model.upper[name]
             rows = np.nonzero((lo < 0) & (hi > 0))[0] if relu_only[name] else np.nonzero(hi > lo)[0]
@@ -646,23 +654,35 @@ def refine_bounds(graph: Graph, lower, upper, pre: Bounds | None = None, lines: 
     return bounds_from_models(graph, models, lower)
 
 
-def model_bounds(model: Model, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sound lower and upper bounds of each row of C (S, n_outputs) times the output, from a built model."""
-    lo, hi = np.empty(C.shape[0]), np.empty(C.shape[0])
+def model_bounds(model: Model, C: np.ndarray, upper: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Sound lower and upper bounds of each row of C (S, n_outputs) times the output, from a built model.
+
+    ``upper=False`` solves only the lower bounds (the upper ones are then +inf).
+    """
+    lo, hi = np.empty(C.shape[0]), np.full(C.shape[0], math.inf)
     for s in range(C.shape[0]):
-        lo[s], hi[s] = model.bound_node(model.graph.output_name, C[s])
+        if upper:
+            lo[s], hi[s] = model.bound_node(model.graph.output_name, C[s])
+        else:
+            cost, off = model.objective(model.graph.output_name, C[s])
+            lo[s] = model.minimize(cost, off).bound
     return lo, hi
 
 
 def lp_bounds(graph: Graph, lower, upper, C=None, pre: Bounds | None = None, refine: bool = False,
               lines: str = "tight", encoders: dict[str, Encoder] | None = None,
-              time_limit: float | None = None, intersect: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+              time_limit: float | None = None, intersect: bool = True,
+              hook: Callable[[Model, str], None] | None = None,
+              solve_upper: bool = True, model_cls: type[Model] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sound bounds of ``C · y`` over each box by the LP relaxation (triangle for ReLU).
 
     ``lower``/``upper``: (B, n_inputs); ``C``: (B, S, n_outputs) or (S, n_outputs), default identity.
     ``pre``: intermediate bounds (default full CROWN with ``lines``); ``refine`` tightens them with LPs
     first. With ``intersect`` the result is also intersected with CROWN's bounds from the same intermediate
-    bounds (both sound). Returns (lower, upper), each (B, S), in the dtype of ``lower``.
+    bounds (both sound). ``hook(model, name)`` runs after each node is added (see :func:`refine_model`);
+    ``solve_upper=False`` solves only the lower bounds (the upper ones then come from CROWN alone, or are +inf).
+    ``model_cls``: a :class:`Model` subclass to build (kPoly's adds cutting planes to ``minimize``).
+    Returns (lower, upper), each (B, S), in the dtype of ``lower``.
     """
     dtype = torch.as_tensor(lower).dtype if torch.is_tensor(lower) else torch.float64
     lower, upper = _as_boxes(graph, lower, upper)
@@ -676,10 +696,10 @@ def lp_bounds(graph: Graph, lower, upper, C=None, pre: Bounds | None = None, ref
     lo, hi = torch.empty(B, C.shape[1], dtype=torch.float64), torch.empty(B, C.shape[1], dtype=torch.float64)
     models = []
     for b in range(B):
-        m = Model(graph, pre, b, encoders=encoders, time_limit=time_limit)
-        m = refine_model(m) if refine else m.build()
+        m = (model_cls or Model)(graph, pre, b, encoders=encoders, time_limit=time_limit)
+        m = refine_model(m, hook, refine) if refine or hook is not None else m.build()
         models.append(m)
-        lb, ub = model_bounds(m, C[b].numpy())
+        lb, ub = model_bounds(m, C[b].numpy(), solve_upper)
         lo[b], hi[b] = torch.from_numpy(lb), torch.from_numpy(ub)
     if intersect:
         bounds = bounds_from_models(graph, models, lower)
