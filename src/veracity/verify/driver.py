@@ -39,6 +39,7 @@ LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, a
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 BUDGET_SHARE = 0.97  # of the timeout the methods may use
+ATTACK_SHARE = 0.1  # of the budget the first attack may use (its restarts are many where inputs are few)
 
 
 class Timeout(Exception):
@@ -149,7 +150,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
         with time_limit(budget), torch.no_grad():
             if attack:
                 restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
-                hit = pgd_attack(graph, spec, checker, restarts=restarts, deadline=deadline)
+                hit = pgd_attack(graph, spec, checker, restarts=restarts,
+                                 deadline=deadline and t0 + ATTACK_SHARE * budget)
                 log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
                 if hit is not None:
                     return done("sat", "attack", *hit)
