@@ -91,7 +91,7 @@ def test_ordering_milp_kpoly_lp_crown_on_200_random_nets():
     attained by a real input evaluated on the network) is computed for one side per net, alternating."""
     tol = lambda v: 1e-6 * (1 + v.abs())  # noqa: E731
     strict = 0
-    opts = KPolyOptions(k=3, block=4)
+    opts = KPolyOptions(k=3, block=4, refine=True)
     for i in range(200):
         g = _net(i)
         gen = torch.Generator().manual_seed(i)
@@ -120,7 +120,7 @@ def test_kpoly_without_cuts_or_refinement_is_sound():
     gen = torch.Generator().manual_seed(5)
     lo, hi = nets.random_boxes(gen, 2, g.n_inputs, max_radius=1.0, degenerate=0.0)
     x = torch.cat([nets.sample_box(gen, lo[b], hi[b], n=1000) for b in range(2)]).reshape(2, 1000, -1)
-    for opts in (KPolyOptions(cuts=False), KPolyOptions(refine=False), KPolyOptions(refine=False, cuts=False)):
+    for opts in (KPolyOptions(cuts=False, refine=True), KPolyOptions(), KPolyOptions(cuts=False)):
         k_lo, k_hi = kpoly_bounds(g, lo, hi, options=opts)
         for b in range(2):
             with torch.no_grad():

@@ -61,7 +61,25 @@ METHODS: dict[str, Callable[..., Interval]] = {
     "crown-lbp": lambda g, l, u, C, lines: crown(g, l, u, C, pre=lbp_bounds(g, l, u, lines), lines=lines),
     "alpha": lambda g, l, u, C, lines: alpha_crown(g, l, u, C, lines=lines),
     "admm": lambda g, l, u, C, lines: _admm(g, l, u, C, lines),
+    "lp": lambda g, l, u, C, lines: _lp(g, l, u, C, lines),
+    "kpoly": lambda g, l, u, C, lines: _kpoly(g, l, u, C, lines),
 }
+
+
+def _lp(graph, lower, upper, C, lines):
+    """The triangle LP (HiGHS, dual-certified) over full-CROWN intermediate bounds."""
+    from veracity.solvers.lp import lp_bounds
+
+    lo, hi = lp_bounds(graph, lower, upper, C, lines=lines)
+    return lo.to(lower.dtype), hi.to(lower.dtype)
+
+
+def _kpoly(graph, lower, upper, C, lines):
+    """The LP with k-ReLU group constraints (k = 3) over full-CROWN intermediate bounds."""
+    from veracity.solvers.kpoly import KPolyOptions, kpoly_bounds
+
+    lo, hi = kpoly_bounds(graph, lower, upper, C, options=KPolyOptions(lines=lines))
+    return lo.to(lower.dtype), hi.to(lower.dtype)
 
 
 def widen(bounds: Interval, margin: float = ROUNDING_MARGIN) -> Interval:

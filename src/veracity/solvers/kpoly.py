@@ -42,13 +42,14 @@ CUT_TOL = 1e-7  # a pool row enters the LP when the solution violates it by more
 @dataclass(frozen=True)
 class KPolyOptions:
     """k: neurons per group; block: PRIMA's n_s; max_neurons / max_groups: per layer; refine: LP refinement of
-    intermediate bounds (costly on large nets); cuts: group facets enter the LP only when violated."""
+    intermediate bounds (two LPs per unstable neuron: minutes per MNIST 6x100 image with HiGHS, so off by
+    default); cuts: group facets enter the LP only when violated."""
 
     k: int = 3
     block: int = 6
     max_neurons: int = 60
     max_groups: int | None = None
-    refine: bool = True
+    refine: bool = False
     cuts: bool = True
     lines: str = "tight"
 
@@ -207,23 +208,30 @@ class CutModel(Model):
 def add_group_constraints(model: Model, name: str, options: KPolyOptions, stats: KPolyStats | None = None) -> None:
     """A refine hook: for ReLU/LeakyReLU node ``name`` (just added), add its k-ReLU group facets to the model
     (to its cut pool when it is a :class:`CutModel`)."""
-    stats = stats if stats is not None else KPolyStats()
     node = model.graph.nodes[name]
     if node.op not in ("relu", "leaky_relu"):
         return
-    slope = float(node.params.get("alpha", 0.0)) if node.op == "leaky_relu" else 0.0
     (zname,) = node.inputs
     l, u = model.lower[zname], model.upper[zname]
     unstable = np.nonzero((l < 0) & (u > 0))[0]
-    k = options.k
     if unstable.size < 2:
         return
     order = unstable[np.argsort(-(-l[unstable] * u[unstable]), kind="stable")][: options.max_neurons]
-    groups = [order[list(g)] for g in make_groups(order.size, min(k, order.size), options.block)]
+    groups = [order[list(g)] for g in make_groups(order.size, min(options.k, order.size), options.block)]
     if options.max_groups is not None:
         groups = groups[: options.max_groups]
-    if not groups:
+    add_groups(model, name, groups, options, stats)
+
+
+def add_groups(model: Model, name: str, groups: list[np.ndarray], options: KPolyOptions = KPolyOptions(),
+               stats: KPolyStats | None = None) -> None:
+    """Add the hull facets of the given groups (arrays of neuron indices, all of one size) of ReLU node ``name``."""
+    stats = stats if stats is not None else KPolyStats()
+    node = model.graph.nodes[name]
+    if not groups or node.op not in ("relu", "leaky_relu"):
         return
+    slope = float(node.params.get("alpha", 0.0)) if node.op == "leaky_relu" else 0.0
+    (zname,) = node.inputs
     k = groups[0].size
     hs = octahedra(model, zname, groups, k, options.lines)
     z, y = model.var(zname), model.vars[name]
@@ -241,10 +249,8 @@ def add_group_constraints(model: Model, name: str, options: KPolyOptions, stats:
         m = G.shape[0]
         if m == 0:
             continue
-        ri = np.repeat(np.arange(r, r + m), 2 * k)
-        ci = np.tile(np.concatenate([z[g], y[g]]), m)
-        rows.append(ri)
-        cols.append(ci)
+        rows.append(np.repeat(np.arange(r, r + m), 2 * k))
+        cols.append(np.tile(np.concatenate([z[g], y[g]]), m))
         vals.append(G.reshape(-1))
         rhs.append(b)
         r += m
@@ -281,5 +287,5 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-__all__ = ["KPolyOptions", "KPolyStats", "add_group_constraints", "clear_cache", "kpoly_bounds", "make_groups",
-           "octahedra"]
+__all__ = ["CutModel", "KPolyOptions", "KPolyStats", "add_group_constraints", "add_groups", "clear_cache",
+           "kpoly_bounds", "make_groups", "octahedra"]
