@@ -126,3 +126,15 @@ def test_kpoly_without_cuts_or_refinement_is_sound():
             with torch.no_grad():
                 ys = g(x[b])
             assert torch.all(ys >= k_lo[b] - 1e-9) and torch.all(ys <= k_hi[b] + 1e-9)
+
+
+def test_kpoly_as_a_driver_stage():
+    from veracity import examples
+    from veracity.graph import load_onnx
+    from veracity.spec import load_vnnlib
+    from veracity.verify.driver import verify
+
+    g = load_onnx(examples.path(examples.DIGITS_ONNX))
+    spec = load_vnnlib(examples.path(examples.DIGITS_SPEC), n_inputs=g.n_inputs, n_outputs=g.n_outputs)
+    res = verify(g, spec, methods=("kpoly",), attack=False, branch=False)
+    assert res.status == "unsat" and res.method == "kpoly"

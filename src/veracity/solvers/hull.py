@@ -7,9 +7,10 @@ all lifted vertices (cdd, V -> H) as rows ``G (x, y) <= g``. The hull is exactly
 when ``lift`` is linear on every piece (ReLU on the sign orthants, :func:`orthants`); for other functions
 the same code serves once the lift or the offsets over-approximate (sigmoid/tanh groups, later).
 
-Floating point: cdd works in floats, so each facet's offset is re-checked against every lifted vertex in
-float64 and then loosened by ``HULL_SLACK`` relative to the magnitudes involved, which covers the error of
-cdd's vertex positions (its zero tolerance is about 1e-9 on such small, bounded problems).
+Floating point: cdd works in floats, so each facet's offset is raised to the row's largest value over the
+lifted vertices (float64) and then loosened by ``HULL_SLACK`` relative to the magnitudes involved, a margin
+for small errors in cdd's vertex positions (a heuristic margin, not a proof: the tests check the facets
+against the lifted vertices and against sampled points of the exact set).
 """
 
 from __future__ import annotations
