@@ -162,6 +162,13 @@ def test_export_matches_torch_veracity_and_onnxruntime(tmp_path):
         sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": x.numpy()})[0]
         assert np.allclose(got, ref.numpy(), atol=1e-4)
+        # the exported ramp keeps interval bounds exact: IBP of the ONNX graph = IBP with the ramp op
+        lo, hi = ball(x.double(), 0.05)
+        C = margin_spec(torch.zeros(16, dtype=torch.long), 10, torch.float64)
+        with torch.no_grad():
+            exported = margins(g, lo.flatten(1), hi.flatten(1), C, "ibp")
+            live = margins(live_graph(m.double(), SHAPE), lo.flatten(1), hi.flatten(1), C, "ibp")
+        assert torch.allclose(exported, live, atol=1e-9), act
 
 
 def test_ramps_start_at_mean_activation_and_stay_inside_their_relaxation():

@@ -1,9 +1,10 @@
 """Clean, PGD and certified accuracy of a graph on a labelled dataset at an L∞ radius.
 
-Certificates come from :func:`veracity.bounds.bound_spec` (float64, box rounded outward, widened) or, with
-``bab``, from the complete verifier :func:`veracity.verify.driver.verify` on the images the bounds leave open.
-A PGD point counts only after a float64 re-check inside the float64 box; an image both certified and broken
-is counted as a contradiction (it must never happen).
+Certificates come from :func:`veracity.bounds.bound_spec` (float64, box rounded outward, widened); ``ibp``
+folds the spec into the last linear layer (elision, float64, widened the same way); ``bab`` adds the complete
+verifier :func:`veracity.verify.driver.verify` on the images CROWN leaves open. A PGD point counts only
+after a float64 re-check inside the float64 box; an image both certified and broken is counted as a
+contradiction (it must never happen).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import time
 import numpy as np
 import torch
 
-from veracity.bounds import bound_spec
+from veracity.bounds import bound_spec, rounding_margin, widen
 from veracity.graph.ir import Graph
 from veracity.train.attack import pgd
-from veracity.train.losses import margin_spec
+from veracity.train.losses import ibp_margins, margin_spec
 
 METHODS = ("ibp", "crown", "crown-ibp", "crown-lbp", "lbp", "alpha", "bab")
 
@@ -59,8 +60,13 @@ def certify_dataset(graph: Graph, x, y, eps: float, method: str = "crown", batch
                 broken = graph.forward(xa).argmax(1) != yb
             robust[sl] = ok & ~broken
             C = margin_spec(yb, K, torch.float64)
-            m = "crown" if method == "bab" else method
-            low, _ = bound_spec(graph, lo.flatten(1), hi.flatten(1), C, method=m)
+            if method == "ibp":  # the spec folded into the last linear layer (elision), widened for rounding
+                with torch.no_grad():
+                    low = ibp_margins(graph, lo.flatten(1), hi.flatten(1), C)
+                low = widen((low, low), rounding_margin(torch.float64))[0]
+            else:
+                m = "crown" if method == "bab" else method
+                low, _ = bound_spec(graph, lo.flatten(1), hi.flatten(1), C, method=m)
             cb = ok & (low > 0).all(1)
             if method == "bab":
                 cb = cb | _bab(graph, xb, yb, eps, robust[sl] & ~cb, timeout, onnx_bytes)

@@ -1,7 +1,8 @@
 """ONNX export of the training models (Conv, Gemm, Flatten, Relu, LeakyRelu; ParamRamp as ReLUs).
 
-ParamRamp is written as ``η z + (1 − η)(relu(z) − relu(z − r))`` so that any verifier, veracity's importer and
-onnxruntime included, sees only standard ops.
+ParamRamp is written as ``η z + (1 − η)(r − relu(r − relu(z)))`` (``min(relu(z), r)`` by two ReLUs in sequence),
+so that any verifier, veracity's importer and onnxruntime included, sees only standard ops, and interval
+bounds of each ramp stay exact.
 """
 
 from __future__ import annotations
@@ -59,16 +60,17 @@ def to_onnx(model: nn.Sequential, in_shape: tuple[int, ...], path=None, doc: str
             out = name("leaky")
             nodes.append(helper.make_node("LeakyRelu", [cur], [out], alpha=float(m.negative_slope)))
         elif isinstance(m, ParamRamp):
-            r = w(m.corner())
-            shifted, a, b, diff = name("ramp_shift"), name("ramp_relu"), name("ramp_relu_r"), name("ramp")
+            # min(relu(z), r) = r - relu(r - relu(z)): two ReLUs in sequence, so interval bounds stay exact
+            r = const(f"ramp{i}_r", w(m.corner()))
+            a, s, b, mid = name("ramp_relu"), name("ramp_gap"), name("ramp_relu_gap"), name("ramp")
             nodes += [helper.make_node("Relu", [cur], [a]),
-                      helper.make_node("Sub", [cur, const(f"ramp{i}_r", r)], [shifted]),
-                      helper.make_node("Relu", [shifted], [b]),
-                      helper.make_node("Sub", [a, b], [diff])]
-            out = diff
+                      helper.make_node("Sub", [r, a], [s]),
+                      helper.make_node("Relu", [s], [b]),
+                      helper.make_node("Sub", [r, b], [mid])]
+            out = mid
             if m.eta > 0:
                 s1, s2, out = name("ramp_mid"), name("ramp_lin"), name("ramp_out")
-                nodes += [helper.make_node("Mul", [diff, const("one_minus_eta", [1.0 - m.eta])], [s1]),
+                nodes += [helper.make_node("Mul", [mid, const("one_minus_eta", [1.0 - m.eta])], [s1]),
                           helper.make_node("Mul", [cur, const("eta", [m.eta])], [s2]),
                           helper.make_node("Add", [s1, s2], [out])]
         else:
