@@ -16,7 +16,7 @@ from veracity.train.attack import pgd
 from veracity.train.certify import certify_dataset
 from veracity.train.export import to_onnx
 from veracity.train.loop import Config, Objective, train
-from veracity.train.losses import LOSSES, ball, certified_loss, margin_spec, margins
+from veracity.train.losses import DIFFERENTIABLE, ball, certified_loss, margin_spec, margins
 from veracity.train.models import build_model, init_ramps, live_graph, ramps, set_eta
 from veracity.train.schedule import Schedule, ramp
 from veracity.train.smoothing import pgpe_grad, rgs_grad
@@ -47,7 +47,7 @@ def test_every_certified_loss_bounds_the_attacked_loss(act):
     eps = 0.05
     for name in ("mlp", "cnn-small"):
         m = _model(name, act)
-        for method in LOSSES:
+        for method in DIFFERENTIABLE:
             if name == "cnn-small" and method in ("crown", "crown-lbp", "lbp"):
                 continue  # the costly ones on the MLP only
             robust, low = certified_loss(live_graph(m, SHAPE), x, y, eps, method, reduction="none")
@@ -98,7 +98,7 @@ def test_live_graph_bounds_contain_sampled_outputs_in_float64(act):
     lo, hi = ball(x, 0.05)
     C = margin_spec(y, 10, torch.float64)
     with torch.no_grad():
-        lows = {k: margins(g, lo.flatten(1), hi.flatten(1), C, k) for k in LOSSES}
+        lows = {k: margins(g, lo.flatten(1), hi.flatten(1), C, k) for k in DIFFERENTIABLE}
         for _ in range(20):
             z = lo + torch.rand_like(lo) * (hi - lo)
             val = (C @ m(z)[..., None]).squeeze(-1)
