@@ -106,11 +106,16 @@ def lines_figure(act: str, l: float, u: float, out: Path, r: float = 1.0, eta: f
     extra = f", r = {r:g}, eta = {eta:g}" if act == "paramramp" else ""
     ax.set_title(f"{act} on [{l:g}, {u:g}]{extra}")
     ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, out)
+
+
+def _save(fig, out) -> Path:
+    """Write ``fig`` to ``out`` (parents created) as a PNG and close it."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out
 
 
@@ -213,12 +218,7 @@ def reach_figure(graph, lower, upper, layer: int, i: int, j: int, out: Path, tit
     ax.set_ylabel(f"y_{j}")
     ax.set_title(title or f"neurons {layer}:{i} and {layer}:{j}")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 __all__ = ["ACTS", "activation_lines", "activation_nodes", "lines_figure", "reach_figure", "reach_regions"]

@@ -94,9 +94,14 @@ def build_milp(graph: Graph, lower, upper, pre: Bounds | None = None, refine: bo
     m.h.setOptionValue("mip_rel_gap", 0.0)
     m.h.setOptionValue("mip_abs_gap", 0.0)
     m.build()
+    limit_presolve(m)
+    return m
+
+
+def limit_presolve(m: Model) -> None:
+    """Switch HiGHS's MIP presolve off on a model with more than ``PRESOLVE_MAX_BINARIES`` binaries."""
     if sum(m.integrality) > PRESOLVE_MAX_BINARIES:
         m.h.setOptionValue("presolve", "off")
-    return m
 
 
 def _bounds_of(m: Model) -> Bounds:
@@ -202,7 +207,9 @@ def decide_case(graph: Graph, case: Case, pre: Bounds | None = None, refine: boo
     return ("unknown",) if unknown else ("unsat",)
 
 
-def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tuple:
+def target_region(graph: Graph, m: Model, A, b) -> None:
+    """Make ``m`` look for a point with ``A y <= b``: minimise t subject to ``A y - b <= t`` and
+    ``t <= UNSAT_MARGIN * (1 + |b|)``, stopping at the first t below minus that margin."""
     M, c0 = m.expr(graph.output_name)
     A = np.asarray(A, np.float64)
     b = np.asarray(b, np.float64)
@@ -215,6 +222,10 @@ def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tupl
     cost[t[0]] = 1.0
     _set_cost(m, cost)
     m.h.setOptionValue("objective_target", -margin)
+
+
+def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tuple:
+    target_region(graph, m, A, b)
     m.h.run()
     status = _status(m)
     if status == "infeasible":
@@ -228,4 +239,5 @@ def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tupl
     return ("unknown",)
 
 
-__all__ = ["Minimum", "UNSAT_MARGIN", "build_milp", "decide_case", "milp_bounds", "milp_minimum", "supports"]
+__all__ = ["Minimum", "UNSAT_MARGIN", "build_milp", "decide_case", "limit_presolve", "milp_bounds", "milp_minimum",
+           "supports", "target_region"]

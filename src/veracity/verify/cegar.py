@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 import highspy
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scipy.special import expit
 
@@ -49,7 +48,7 @@ from veracity.bounds.ibp import Bounds
 from veracity.graph import ops
 from veracity.graph.ir import Graph, Node, UnsupportedError
 from veracity.solvers.lp import EPS, INF, PIECEWISE_LINEAR, ROW_SLACK, S_SHAPED_ALPHAS, Model
-from veracity.solvers.milp import UNSAT_MARGIN
+from veracity.solvers.milp import limit_presolve, target_region
 from veracity.spec.core import Spec
 from veracity.verify.attack import Checker, pgd_attack
 from veracity.verify.result import Result
@@ -320,25 +319,15 @@ def build_model(graph: Graph, abstraction: Abstraction, pre: Bounds, time_limit:
     m = Model(graph, pre, 0, encoders=abstraction.encoders(), integer=integer, time_limit=time_limit)
     m.h.setOptionValue("mip_rel_gap", 0.0)
     m.h.setOptionValue("mip_abs_gap", 0.0)
-    # HiGHS's MIP presolve does not honour the time limit (tens of seconds on a generator's 784 sigmoids)
-    m.h.setOptionValue("presolve", "off")
-    return m.build()
+    m.build()
+    limit_presolve(m)  # HiGHS's MIP presolve ignores the time limit (tens of seconds on 784 sigmoids)
+    return m
 
 
 def solve_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray,
                  deadline: float | None = None) -> tuple[str, Candidate | None]:
     """Look for a point of the model with ``A y <= b`` (relaxed by UNSAT_MARGIN): (status, candidate)."""
-    M, c0 = m.expr(graph.output_name)
-    A, b = np.asarray(A, np.float64), np.asarray(b, np.float64)
-    margin = UNSAT_MARGIN * (1 + np.abs(b).max())
-    t = m.add_cols([-INF], [margin])
-    rows = sp.csr_matrix(A) @ M
-    rows = sp.hstack([rows[:, : t[0]], -np.ones((A.shape[0], 1))], format="csr")
-    m.add_rows(rows, np.full(A.shape[0], -INF), b - A @ c0)
-    cost = np.zeros(m.n_cols)
-    cost[t[0]] = 1.0
-    m.h.changeColsCost(m.n_cols, np.arange(m.n_cols, dtype=np.int32), cost)
-    m.h.setOptionValue("objective_target", -margin)
+    target_region(graph, m, A, b)
     if deadline is not None:
         m.h.setOptionValue("time_limit", max(deadline - time.monotonic(), 1e-3))
     m.h.run()
