@@ -50,7 +50,7 @@ from veracity.graph.ir import Graph, Node, UnsupportedError
 from veracity.solvers.lp import EPS, INF, PIECEWISE_LINEAR, ROW_SLACK, S_SHAPED_ALPHAS, Model
 from veracity.solvers.milp import limit_presolve, target_region
 from veracity.spec.core import Spec
-from veracity.verify.attack import Checker, pgd_attack
+from veracity.verify.attack import Checker
 from veracity.verify.result import Result
 
 S_SHAPED = ("sigmoid", "tanh")
@@ -485,45 +485,15 @@ def cegar_verify(graph: Graph, spec: Spec, timeout: float | None = None,
     tight and adaptive lines intersected). ``max_refinements``: refinement rounds per region (0: the
     initial abstraction only). ``points``: interior breakpoints/tangents per half at the start. The
     result's ``method`` is "cegar" when the loop decides, else the step that did ("attack", a bound
-    method); ``log`` has one line per step and ``message`` the solves and refinements.
+    method); ``log`` has one line per step and ``message`` the solves and refinements. This is the driver
+    (:func:`veracity.verify.driver.verify`) with the CEGAR stage after the bounds and no branching.
     """
-    from veracity.verify.driver import open_regions
+    from veracity.verify.driver import verify
 
-    if spec.n_inputs != graph.n_inputs or spec.n_outputs != graph.n_outputs:
-        raise ValueError(f"the spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
-                         f"the network {graph.n_inputs} and {graph.n_outputs}")
     _check_graph(graph)
-    t0 = time.monotonic()
-    deadline = None if not timeout else t0 + timeout
-    log: list[str] = []
-
-    def done(status, method="", x=None, y=None, message=""):
-        return Result(status, method, time.monotonic() - t0, x, y, message, log)
-
-    checker = Checker(graph, spec, onnx_model)
-    if not spec.cases:
-        return done("unsat", "spec", message="no input satisfies the input constraints")
-    with torch.no_grad():
-        if attack:
-            hit = pgd_attack(graph, spec, checker, restarts=8, deadline=deadline)
-            log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
-            if hit is not None:
-                return done("sat", "attack", *hit)
-        open_ = [[True] * len(c.regions) for c in spec.cases]
-        for method in methods:
-            open_regions(graph, spec, method, open_)
-            n_open = sum(map(sum, open_))
-            log.append(f"{method}: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
-            if n_open == 0:
-                return done("unsat", method)
-            if deadline is not None and time.monotonic() > deadline:
-                return done("timeout")
-        r = cegar_stage(graph, spec, checker, open_, deadline, pre, max_refinements, points)
-        log.extend(r.log)
-        msg = f"{r.solves} solve(s), {r.refinements} refinement(s)" + (f"; {r.message}" if r.message else "")
-        if r.status == "sat":
-            return done("sat", "cegar", *r.witness, message=msg)
-        return done(r.status, "cegar" if r.status == "unsat" else "", message=msg)
+    options = {"pre": pre, "max_refinements": max_refinements, "points": points}
+    return verify(graph, spec, timeout, methods=(*methods, "cegar"), onnx_model=onnx_model, attack=attack,
+                  branch=False, restarts=8, cegar=options)
 
 
 __all__ = ["Abstraction", "Candidate", "Half", "build_model", "cegar_region", "cegar_stage", "cegar_verify", "refine",

@@ -128,8 +128,12 @@ def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
 
 
 def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
-           onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight", branch: bool = True) -> Result:
-    """Decide ``spec`` on ``graph``: sat (with a confirmed witness), unsat, unknown or timeout."""
+           onnx_model: bytes | None = None, attack: bool = True, lines: str = "tight", branch: bool = True,
+           restarts: int | None = None, cegar: dict | None = None) -> Result:
+    """Decide ``spec`` on ``graph``: sat (with a confirmed witness), unsat, unknown or timeout.
+
+    ``restarts``: of the first attack (default: many for few inputs); ``cegar``: options of the CEGAR stage
+    (:func:`veracity.verify.cegar.cegar_stage`), which runs when ``methods`` names "cegar"."""
     if spec.n_inputs != graph.n_inputs or spec.n_outputs != graph.n_outputs:
         raise ValueError(
             f"the spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
@@ -149,7 +153,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
     try:
         with time_limit(budget), torch.no_grad():
             if attack:
-                restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
+                if restarts is None:
+                    restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
                 hit = pgd_attack(graph, spec, checker, restarts=restarts,
                                  deadline=deadline and t0 + ATTACK_SHARE * budget)
                 log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
@@ -165,16 +170,19 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", method)
                 if deadline is not None and time.monotonic() > deadline:
                     return done("timeout")
+            note = ""
             if "cegar" in methods and cegar_supports(graph):  # opt-in: sigmoid/tanh abstraction refinement
-                r = cegar_stage(graph, spec, checker, open_, deadline)
+                r = cegar_stage(graph, spec, checker, open_, deadline, **(cegar or {}))
                 log.extend(r.log)
+                note = f"{r.solves} solve(s), {r.refinements} refinement(s)" + (f"; {r.message}" if r.message else "")
                 if r.status in ("sat", "unsat"):
-                    return done(r.status, "cegar", *(r.witness or ()))
+                    return done(r.status, "cegar", *(r.witness or ()), message=note)
                 if r.status == "timeout":
-                    return done("timeout")
+                    return done("timeout", message=note)
                 n_open = sum(map(sum, open_))
             if not branch:
-                return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}")
+                return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}"
+                            + (f" ({note})" if note else ""))
             exact = milp.supports(graph)
             if not (exact and max_unstable(graph, spec, open_) <= MILP_FIRST_UNSTABLE):
                 name, fn = (("input-split", input_split) if graph.n_inputs <= INPUT_SPLIT_MAX_DIM
