@@ -1,0 +1,92 @@
+"""ReLU splitting on mnist_fc: CROWN against alpha-optimised intermediate bounds at the root, and the MILP's
+time limit with HiGHS's MIP presolve on and off.
+
+For each instance (NET:PROP, e.g. 256x4:prop_1_0.03) prints the unstable neurons per ReLU layer under full
+CROWN (tight and adaptive lines intersected) and under ``alpha_bounds``, with the time of each; with
+``--split S`` also ``relu_split`` from each root for S seconds (after attack-free ibp/crown/alpha bounding);
+with ``--milp S`` the exact MILP under an S-second limit, presolve as chosen by ``build_milp`` and forced on.
+
+    python bench/relu_split.py [--shared ../shared] [--split 40] [--milp 7] [256x4:prop_1_0.03 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from veracity.bounds.alpha import alpha_bounds
+from veracity.bounds.crown import crown_bounds
+from veracity.graph import load_onnx
+from veracity.solvers import milp
+from veracity.spec import load_vnnlib
+from veracity.verify import bab, driver
+from veracity.verify.attack import Checker
+
+DEFAULT = ["256x4:prop_1_0.03", "256x6:prop_2_0.03"]
+
+
+def unstable(bounds, names) -> list[int]:
+    return [int(((bounds[p][0] < 0) & (bounds[p][1] > 0)).sum()) for p in names]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("instances", nargs="*", default=DEFAULT, help="NET:PROP (default: two mnist_fc instances)")
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    ap.add_argument("--split", type=float, default=0.0, help="seconds of relu_split from each root (0: skip)")
+    ap.add_argument("--milp", type=float, default=0.0, help="time limit of the MILP comparison (0: skip)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    d = args.shared / "benchmarks" / "mnist_fc"
+    for inst in args.instances:
+        net, prop = inst.split(":")
+        g = load_onnx(d / "onnx" / f"mnist-net_{net}.onnx")
+        spec = load_vnnlib(d / "vnnlib" / f"{prop}.vnnlib")
+        case = spec.cases[0]
+        lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
+        names = bab.relu_inputs(g)
+        t = time.perf_counter()
+        ref = crown_bounds(g, lo, hi, "both")
+        t_ref = time.perf_counter() - t
+        t = time.perf_counter()
+        opt = alpha_bounds(g, lo, hi, pre=ref)
+        t_opt = time.perf_counter() - t + t_ref
+        print(f"{inst}: unstable per layer crown {unstable(ref, names)} ({t_ref:.2f}s), "
+              f"alpha {unstable(opt, names)} ({t_opt:.2f}s)", flush=True)
+        if args.split:
+            open_ = [[True] * len(c.regions) for c in spec.cases]
+            for m in ("ibp", "crown", "alpha"):
+                driver.open_regions(g, spec, m, open_)
+            real = bab.alpha_bounds
+            cells = []
+            for root in ("crown", "alpha"):
+                bab.alpha_bounds = real if root == "alpha" else (lambda g, lo, hi: crown_bounds(g, lo, hi, "both"))
+                t = time.monotonic()
+                r = bab.relu_split(g, spec, Checker(g, spec), [list(o) for o in open_], deadline=t + args.split)
+                cells.append(f"{root} root: {r.status} after {r.boxes} domains, {time.monotonic() - t:.1f}s")
+            bab.alpha_bounds = real
+            print("  relu_split " + " | ".join(cells), flush=True)
+        if args.milp:
+            cells = []
+            for mode in ("as built", "presolve on"):
+                build = milp.build_milp
+                if mode == "presolve on":
+                    def forced(*a, _build=build, **k):
+                        m = _build(*a, **k)
+                        m.h.setOptionValue("presolve", "choose")
+                        return m
+                    milp.build_milp = forced
+                t = time.monotonic()
+                v = milp.decide_case(g, case, pre=ref, time_limit=args.milp)
+                cells.append(f"{mode}: {v[0]} in {time.monotonic() - t:.1f}s")
+                milp.build_milp = build
+            print(f"  milp, {args.milp:g}s limit: " + " | ".join(cells), flush=True)
+    print("rerun: python bench/relu_split.py " + " ".join(args.instances)
+          + (f" --split {args.split:g}" if args.split else "") + (f" --milp {args.milp:g}" if args.milp else ""))
+
+
+if __name__ == "__main__":
+    main()
