@@ -306,6 +306,30 @@ def test_two_box_net_tight_lines_are_batch_independent():
         assert abs(lo[0, 0].item() - 0.5) < 1e-8 and abs(hi[0, 0].item() - 0.5) < 1e-8
 
 
+@pytest.mark.parametrize("lines", ["tight", "adaptive", "both"])
+def test_sparse_unstable_pairs_match_one_box_at_a_time(lines, monkeypatch):
+    """A batch of boxes where few need each neuron takes the (box, neuron) pair path; its bounds equal each
+    box bounded alone, and hold on sampled points."""
+    g = mlp(3, 4, [30, 30, 30], ["relu"] * 3, 3)
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(24, 4, generator=gen, dtype=D)
+    r = torch.rand(24, 4, generator=gen, dtype=D) * torch.logspace(-3, 0, 24, dtype=D)[:, None]
+    l, u = c - r, c + r
+    taken = []
+    real = crown_module.node_bounds
+    monkeypatch.setattr(crown_module, "node_bounds", lambda *a, **k: taken.append(a[5] is not None) or real(*a, **k))
+    together = crown_bounds(g, l, u, lines)
+    monkeypatch.undo()
+    assert any(taken)
+    alone = [crown_bounds(g, l[i : i + 1], u[i : i + 1], lines) for i in range(24)]
+    values = g.forward_all(torch.cat([sample_box(gen, l[i], u[i], 200) for i in range(24)]))
+    for name, (lo, hi) in together.items():
+        for side, t in ((0, lo), (1, hi)):
+            torch.testing.assert_close(t, torch.cat([a[name][side] for a in alone]), rtol=1e-9, atol=1e-9)
+        v = values[name].reshape(24, 200, -1)
+        assert (v >= lo.reshape(24, 1, -1) - 1e-9).all() and (v <= hi.reshape(24, 1, -1) + 1e-9).all(), name
+
+
 def test_chunked_backward_passes_agree(monkeypatch):
     """CROWN processes spec rows and intermediate neurons in chunks; one row at a time gives the same bounds."""
     rng = random.Random(5)

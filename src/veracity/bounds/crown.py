@@ -161,26 +161,41 @@ def ibp_exact(graph: Graph) -> set[str]:
     return exact
 
 
-def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight",
-                rows: torch.Tensor | None = None) -> rules.Interval:
-    """Bounds of node ``name`` by backward passes from it: of the flat elements ``rows`` (default all)."""
+def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight", rows: torch.Tensor | None = None,
+                pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> rules.Interval:
+    """Bounds of node ``name`` by backward passes from it: of the flat elements ``rows`` (default all) in
+    every box, (B, rows), or of the (box, element) ``pairs`` only, (P,), each pair a row of its own."""
     n = graph.nodes[name]
     l0 = bounds[graph.input_name][0]
-    B = l0.shape[0]
-    if rows is None:
-        rows = torch.arange(n.size, device=l0.device)
     size = max(graph.nodes[k].size for k in graph.nodes)
-    step = max(1, CHUNK_ELEMENTS // max(1, 2 * B * size))
+    if pairs is None:
+        B = l0.shape[0]
+        rows = torch.arange(n.size, device=l0.device) if rows is None else rows
+        step = max(1, CHUNK_ELEMENTS // max(1, 2 * B * size))
+        lo, hi = [], []
+        for s in range(0, rows.numel(), step):
+            idx = rows[s : s + step]
+            k = idx.numel()
+            C = torch.zeros(B, k, n.size, dtype=l0.dtype, device=l0.device)
+            C[:, torch.arange(k), idx] = 1.0
+            r = backward(graph, name, torch.cat([C, -C], 1).reshape(B, 2 * k, *n.shape), bounds, lines)
+            lo.append(r[:, :k])
+            hi.append(-r[:, k:])
+        return torch.cat(lo, 1), torch.cat(hi, 1)
+    box, elem = pairs
+    step = max(1, CHUNK_ELEMENTS // (2 * size))
     lo, hi = [], []
-    for s in range(0, rows.numel(), step):
-        idx = rows[s : s + step]
-        C = torch.zeros(B, idx.numel(), n.size, dtype=l0.dtype, device=l0.device)
-        C[:, torch.arange(idx.numel()), idx] = 1.0
-        C = C.reshape(B, idx.numel(), *n.shape)
-        r = backward(graph, name, torch.cat([C, -C], 1), bounds, lines)
-        lo.append(r[:, : idx.numel()])
-        hi.append(-r[:, idx.numel() :])
-    return torch.cat(lo, 1), torch.cat(hi, 1)
+    for s in range(0, box.numel(), step):
+        b, e = box[s : s + step], elem[s : s + step]
+        P = b.numel()
+        C = torch.zeros(P, 2, n.size, dtype=l0.dtype, device=l0.device)
+        C[torch.arange(P), 0, e] = 1.0
+        C[torch.arange(P), 1, e] = -1.0
+        sub = {k: (v[0][b], v[1][b]) for k, v in bounds.items()}
+        r = backward(graph, name, C.reshape(P, 2, *n.shape), sub, lines)
+        lo.append(r[:, 0])
+        hi.append(-r[:, 1])
+    return torch.cat(lo), torch.cat(hi)
 
 
 def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight",
@@ -190,12 +205,13 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     Nodes are visited in order; each first gets one IBP step from the (already refined) bounds of its
     inputs, its reference. Three shortcuts then give the same relaxations at a fraction of the cost:
     nodes where IBP is exact keep the reference; a monotone activation's bounds are the activation of
-    its input's bounds (that is its IBP step); and when every consumer is a ReLU, only neurons the
-    reference leaves unstable in some box get a backward pass, and neurons stable in a box keep the
-    reference there (with adaptive lines, unless more than ``DENSE_SHARE`` of the node is unstable in the
-    box: then every neuron of that box keeps CROWN's bounds, the choice of the reference CROWN
-    implementation, auto_LiRPA). With tight lines CROWN's bounds are also intersected with the reference.
-    ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
+    its input's bounds (that is its IBP step); and when every consumer is a ReLU, only the neurons
+    the reference leaves unstable in a box get a backward pass there, and the others keep the reference
+    (with adaptive lines, unless more than ``DENSE_SHARE`` of the node is unstable in the box: then every
+    neuron of that box gets CROWN's bounds, the choice of the reference CROWN implementation, auto_LiRPA).
+    Where few boxes need a neuron, each (box, neuron) pair is a row of its own; otherwise every box
+    computes every neuron some box needs. With tight lines CROWN's bounds are also intersected with the
+    reference. ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
     much tighter intermediate bounds on ACAS Xu sub-boxes). ``outer``: bounds known to hold on these boxes
     (a parent box's, in branch and bound) that every node's bounds are intersected with as they are made.
     """
@@ -211,31 +227,35 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
         if name not in need or name in exact or n.op in MONOTONE:
             continue
         l, u = l.reshape(B, -1), u.reshape(B, -1)
-        rows, keep = None, None
+        rows = pairs = sel = None
         if all(graph.nodes[c].op in ("relu", "leaky_relu") for c in consumers[name]):
-            unstable = (l < 0) & (u > 0)
-            rows = unstable.any(0).nonzero().flatten()
+            sel = (l < 0) & (u > 0)
+            if lines == "adaptive":
+                sel = sel | (sel.sum(1, keepdim=True) > DENSE_SHARE * l.shape[1])
+            rows = sel.any(0).nonzero().flatten()
             if rows.numel() == 0:
                 continue
-            dense = unstable.sum(1) > DENSE_SHARE * l.shape[1]  # (B,)
-            if lines == "adaptive" and bool(dense.any()):
-                # a box with nearly every neuron unstable: each by CROWN alone, as textbook CROWN does
-                rows, l_ref, u_ref, keep = None, l, u, ~unstable & ~dense[:, None]
+            if 2 * int(sel.sum()) < B * rows.numel():  # sparse: each selected (box, neuron) pair on its own
+                pairs, rows = sel.nonzero(as_tuple=True), None
             else:
-                l_ref, u_ref, keep = l[:, rows], u[:, rows], ~unstable[:, rows]
-        else:
-            l_ref, u_ref = l, u
+                sel = sel[:, rows]
         if lines == "both":
-            lo, hi = node_bounds(graph, name, bounds, "tight", rows)
-            lo2, hi2 = node_bounds(graph, name, bounds, "adaptive", rows)
+            lo, hi = node_bounds(graph, name, bounds, "tight", rows, pairs)
+            lo2, hi2 = node_bounds(graph, name, bounds, "adaptive", rows, pairs)
             lo, hi = torch.maximum(lo, lo2), torch.minimum(hi, hi2)
         else:
-            lo, hi = node_bounds(graph, name, bounds, lines, rows)
+            lo, hi = node_bounds(graph, name, bounds, lines, rows, pairs)
+        if pairs is not None:
+            l_ref, u_ref = l[pairs], u[pairs]
+        else:
+            l_ref, u_ref = (l, u) if rows is None else (l[:, rows], u[:, rows])
         if lines in ("tight", "both"):
             lo, hi = torch.maximum(lo, l_ref), torch.minimum(hi, u_ref)
-        elif keep is not None:
-            lo, hi = torch.where(keep, l_ref, lo), torch.where(keep, u_ref, hi)
-        if rows is None:
+        elif rows is not None:  # adaptive: a neuron not selected in its box keeps the reference there
+            lo, hi = torch.where(sel, lo, l_ref), torch.where(sel, hi, u_ref)
+        if pairs is not None:
+            l, u = l.index_put(pairs, lo), u.index_put(pairs, hi)
+        elif rows is None:
             l, u = lo, hi
         else:
             l, u = l.clone(), u.clone()
