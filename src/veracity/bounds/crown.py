@@ -183,7 +183,8 @@ def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight", r
             hi.append(-r[:, k:])
         return torch.cat(lo, 1), torch.cat(hi, 1)
     box, elem = pairs
-    step = max(1, CHUNK_ELEMENTS // (2 * size))
+    held = sum(v[0][0].numel() for v in bounds.values())  # each pair carries its box's bounds
+    step = max(1, CHUNK_ELEMENTS // (2 * max(size, held)))
     lo, hi = [], []
     for s in range(0, box.numel(), step):
         b, e = box[s : s + step], elem[s : s + step]
