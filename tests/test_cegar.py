@@ -5,6 +5,7 @@ abstraction (unsat)."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,20 @@ def test_driver_runs_cegar_only_when_asked():
     assert r.status == "unsat" and r.method == "cegar", r.log
     r = verify(g, spec, timeout=30, methods=("crown", "alpha"), attack=False, branch=False)
     assert r.status == "unknown"
+
+
+def test_timeout_inside_cegar_keeps_its_counts(monkeypatch):
+    """The driver's alarm firing inside the CEGAR loop still reports the solves made so far."""
+    g, spec = _instance(*_instances()[0])
+    real = cegar.refine
+
+    def slow(*args, **kwargs):
+        time.sleep(30)  # after the first solve; the alarm (timeout 8 s) fires here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cegar, "refine", slow)
+    r = verify(g, spec, timeout=8, methods=("crown", "cegar"), attack=False)
+    assert r.status == "timeout" and "1 solve(s)" in r.message, (r.message, r.log)
 
 
 # -- command line --------------------------------------------------------------------------------------------

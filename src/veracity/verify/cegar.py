@@ -367,8 +367,9 @@ class RegionOutcome:
 
 
 def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check, max_refinements: int,
-                 deadline: float | None, points: int = 0) -> RegionOutcome:
-    """The CEGAR loop for one bad region; ``check(x)`` returns a confirmed (x, y) or None."""
+                 deadline: float | None, points: int = 0, tally: StageOutcome | None = None) -> RegionOutcome:
+    """The CEGAR loop for one bad region; ``check(x)`` returns a confirmed (x, y) or None. ``tally``
+    counts solves and refinements as they happen (so they survive an interrupt)."""
     ab = Abstraction(graph, points)
     it = 0
     while True:
@@ -380,6 +381,8 @@ def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check,
             return RegionOutcome("timeout", iterations=it, refinements=ab.refinements)
         status, cand = solve_region(graph, m, A, b, deadline)
         it += 1
+        if tally is not None:
+            tally.solves += 1
         if status == "infeasible":
             return RegionOutcome("unsat", iterations=it, refinements=ab.refinements)
         if status == "time_limit":
@@ -392,7 +395,10 @@ def cegar_region(graph: Graph, pre: Bounds, A: np.ndarray, b: np.ndarray, check,
         if it > max_refinements:
             return RegionOutcome("unknown", iterations=it, refinements=ab.refinements,
                                  message=f"refinement cap ({max_refinements}) reached")
-        if refine(ab, cand) == 0:
+        n = refine(ab, cand)
+        if tally is not None:
+            tally.refinements += n
+        if n == 0:
             return RegionOutcome("unknown", iterations=it, refinements=ab.refinements,
                                  message="spurious candidate within tolerance of the function; nothing to refine")
 
@@ -443,10 +449,11 @@ class StageOutcome:
 
 def cegar_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]], deadline: float | None = None,
                 pre: Bounds | None = None, max_refinements: int = DEFAULT_MAX_REFINEMENTS,
-                points: int = 0) -> StageOutcome:
-    """Decide the open regions (``open_[case][region]``, updated in place) by the CEGAR loop."""
+                points: int = 0, out: StageOutcome | None = None) -> StageOutcome:
+    """Decide the open regions (``open_[case][region]``, updated in place) by the CEGAR loop; ``out``, when
+    given, is filled as the stage goes (its counts survive a timeout raised inside)."""
     _check_graph(graph)
-    out = StageOutcome("unsat")
+    out = StageOutcome("unsat") if out is None else out
     undecided = []
     t0 = time.monotonic()
     for ci, case in enumerate(spec.cases):
@@ -457,9 +464,7 @@ def cegar_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[boo
             if not open_[ci][ri]:
                 continue
             r = cegar_region(graph, case_pre, region.A, region.b, lambda x, ci=ci: checker.check(x, ci),
-                             max_refinements, deadline, points)
-            out.solves += r.iterations
-            out.refinements += r.refinements
+                             max_refinements, deadline, points, out)
             out.log.append(f"cegar case {ci} region {ri}: {r.status} after {r.iterations} solve(s), "
                            f"{r.refinements} refinement(s) ({time.monotonic() - t0:.2f}s)")
             if r.status in ("sat", "timeout"):

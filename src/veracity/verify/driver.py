@@ -29,7 +29,7 @@ from veracity.solvers import milp
 from veracity.spec.core import Case, Spec
 from veracity.verify.attack import Checker, pgd_attack
 from veracity.verify.bab import input_split, relu_inputs, relu_split
-from veracity.verify.cegar import cegar_stage
+from veracity.verify.cegar import StageOutcome, cegar_stage
 from veracity.verify.cegar import supports as cegar_supports
 from veracity.verify.result import Result
 
@@ -148,6 +148,11 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
         return Result(status, method, time.monotonic() - t0, x, y, message, log)
 
     checker = Checker(graph, spec, onnx_model)
+    stage = StageOutcome("unsat")  # the CEGAR stage's counts, kept if the alarm interrupts it
+
+    def cegar_note() -> str:
+        return f"{stage.solves} solve(s), {stage.refinements} refinement(s)" if stage.solves else ""
+
     if not spec.cases:
         return done("unsat", "spec", message="no input satisfies the input constraints")
     try:
@@ -172,9 +177,9 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("timeout")
             note = ""
             if "cegar" in methods and cegar_supports(graph):  # opt-in: sigmoid/tanh abstraction refinement
-                r = cegar_stage(graph, spec, checker, open_, deadline, **(cegar or {}))
+                r = cegar_stage(graph, spec, checker, open_, deadline, out=stage, **(cegar or {}))
                 log.extend(r.log)
-                note = f"{r.solves} solve(s), {r.refinements} refinement(s)" + (f"; {r.message}" if r.message else "")
+                note = cegar_note() + (f"; {r.message}" if r.message else "")
                 if r.status in ("sat", "unsat"):
                     return done(r.status, "cegar", *(r.witness or ()), message=note)
                 if r.status == "timeout":
@@ -207,4 +212,4 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
             timed_out = deadline is not None and time.monotonic() >= deadline
             return done("timeout" if timed_out else "unknown", message="" if timed_out else "the MILP gave no verdict")
     except Timeout:
-        return done("timeout")
+        return done("timeout", message=cegar_note())
