@@ -144,6 +144,7 @@ def spec_bounds(graph: Graph, start: str, C: torch.Tensor, bounds: Bounds, lines
 
 MONOTONE = ("relu", "leaky_relu", "sigmoid", "tanh")
 DENSE_SHARE = 0.9
+SPARSE_SHARE = 0.5  # pairs of their own when fewer than this share of (box, neuron) entries need a pass
 _REINDEX = ("scale_shift", "reshape", "transpose", "pad", "gather")  # keep IBP exact (diagonal maps)
 
 
@@ -236,7 +237,7 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
             rows = sel.any(0).nonzero().flatten()
             if rows.numel() == 0:
                 continue
-            if 2 * int(sel.sum()) < B * rows.numel():  # sparse: each selected (box, neuron) pair on its own
+            if int(sel.sum()) < SPARSE_SHARE * B * rows.numel():  # each selected (box, neuron) pair on its own
                 pairs, rows = sel.nonzero(as_tuple=True), None
             else:
                 sel = sel[:, rows]

@@ -39,18 +39,14 @@ class BabResult:
 def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, lines: str, outer=None):
     """Lower bounds (N, S) of C·y on each box, the input coefficients (N, S, n) of those bounds and the
     intermediate bounds; ``outer``: bounds known to hold on the boxes (their parents'). ``lines="both"``:
-    per row, the better of a tight and an adaptive final pass."""
+    per row, the better of a tight and an adaptive final pass, with the adaptive pass's coefficients."""
     bounds = crown_bounds(graph, lo, hi, "both", outer)
     N = lo.shape[0]
     A0 = C.unsqueeze(0).expand(N, -1, -1).reshape(N, C.shape[0], *graph.output_shape)
-    lb = coeffs = None
-    for ln in ("tight", "adaptive") if lines == "both" else (lines,):
-        l1, c1 = backward(graph, graph.output_name, A0, bounds, ln, return_input_coeffs=True)
-        if lb is None:
-            lb, coeffs = l1, c1
-        else:
-            better = l1 > lb
-            lb, coeffs = torch.where(better, l1, lb), torch.where(better.unsqueeze(2), c1, coeffs)
+    lb, coeffs = backward(graph, graph.output_name, A0, bounds, "adaptive" if lines == "both" else lines,
+                          return_input_coeffs=True)
+    if lines == "both":  # the coefficients (for ranking splits and picking candidate points) stay adaptive's
+        lb = torch.maximum(lb, backward(graph, graph.output_name, A0, bounds, "tight"))
     return widen((lb, lb))[0], coeffs, bounds
 
 
