@@ -10,9 +10,18 @@ import torch
 from nets import build, mlp, random_boxes, random_spec
 
 from veracity.bounds import bound_spec
-from veracity.bounds.crown import crown_bounds
+from veracity.bounds.crown import crown_bounds, spec_bounds
 from veracity.graph import UnsupportedError
-from veracity.solvers.admm import _project_relu, admm_bounds, admm_intermediate, admm_minimize, chain_of
+from veracity.solvers import admm
+from veracity.solvers.admm import (
+    _chain_bounds,
+    _Problem,
+    _project_relu,
+    admm_bounds,
+    admm_intermediate,
+    admm_minimize,
+    chain_of,
+)
 from veracity.solvers.lp import Model, lp_bounds
 
 F64 = torch.float64
@@ -74,7 +83,7 @@ def test_sound_at_every_checked_iteration():
         g, l, u, C, pre, lp = _problem(rng, gen)
         res = admm_minimize(g, l, u, C, pre, max_iter=12, check_every=3, trace=True, tol=0.0,
                             solver=("dense", "cg")[i % 4 == 3], dtype=(torch.float32, F64)[i % 2],
-                            rho=rng.choice([0.3, 1.0, 3.0]), warm_start=i % 3 != 0)
+                            rho=rng.choice([None, 0.3, 1.0, 3.0]), warm_start=i % 3 != 0)
         assert len(res.trace) == 5
         for _, _, b in res.trace:
             over = (b - lp) / (1 + lp.abs())
@@ -103,6 +112,38 @@ def test_converges_to_lp(kind):
     gap = (lp - res.lower) / lp.abs().clamp(min=1.0)
     assert bool((gap >= -1e-7).all())
     assert bool((gap <= 1e-3).all()), (gap, res.iterations)
+
+
+def test_consistent_multipliers_give_crown():
+    """The Lagrangian at the multipliers of a CROWN pass is that CROWN bound (adaptive slopes, same bounds); with
+    other slopes in [0, 1] it stays below the LP optimum."""
+    g = mlp(5, 4, [7, 6], ["relu", "relu"], 3)
+    gen = torch.Generator().manual_seed(5)
+    l, u = random_boxes(gen, 1, 4, max_radius=0.6)
+    C = torch.randn(1, 3, 3, generator=gen, dtype=F64)
+    pre = crown_bounds(g, l, u)
+    chain = chain_of(g, dtype=F64)
+    prob = _Problem(chain, l, u, _chain_bounds(chain, pre, l, u), C[0], torch.zeros(3, dtype=torch.long), F64, "cpu")
+    bounds = {k: (v[0].to(F64), v[1].to(F64)) for k, v in {**pre, g.input_name: (l, u)}.items()}
+    crown, _ = spec_bounds(g, g.output_name, C, bounds, lines="adaptive")
+    assert torch.allclose(prob.lagrangian(prob.backward_nu()), crown[0], atol=1e-9)
+    lp = _lp_lower(g, l, u, C, pre)[0]
+    for _ in range(5):
+        slopes = [torch.rand(lo.shape, generator=gen, dtype=F64) for lo, _ in prob.pre64]
+        assert bool((prob.lagrangian(prob.backward_nu(slopes)) <= lp + 1e-9).all())
+
+
+def test_woodbury_projection_matches_direct(monkeypatch):
+    """A map wider than tall projects alike through (I + AᵀA)⁻¹ and through the Woodbury form."""
+    g = mlp(2, 12, [3], ["relu"], 2)
+    direct = chain_of(g, dtype=F64).affines[0]
+    monkeypatch.setattr(admm, "DIRECT_ENTRIES", 0)
+    woodbury = chain_of(g, dtype=F64).affines[0]
+    assert direct.direct and not woodbury.direct
+    gen = torch.Generator().manual_seed(2)
+    yh, zh = torch.randn(4, 12, generator=gen, dtype=F64), torch.randn(4, 3, generator=gen, dtype=F64)
+    for a, b in zip(direct.project(yh, zh, None, 0), woodbury.project(yh, zh, None, 0), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_cg_matches_dense_on_conv():

@@ -32,6 +32,11 @@ from veracity.graph.ir import Graph, Node, UnsupportedError
 EPS64 = float(torch.finfo(torch.float64).eps)
 # Affine maps with at most this many matrix entries (and no convolution) get an explicit matrix and inverse.
 DENSE_ENTRIES = 1 << 22
+# Dense maps with at most this many inputs squared invert I + AᵀA directly even when wider than tall: the
+# Woodbury form loses float32 accuracy where A has large singular values (mnist_fc first layers).
+DIRECT_ENTRIES = 1 << 21
+# A ReLU input of the iterate farther than this share of its bound width from 0 fixes its lower slope (1 or 0).
+PRIMAL_MARGIN = 0.02
 # Residual balancing: ρ doubles (halves) when the squared primal residual exceeds the dual one this many times.
 RHO_BALANCE = 100.0
 
@@ -56,18 +61,15 @@ class _Affine:
         if solver not in ("auto", "dense", "cg"):
             raise ValueError(f"unknown affine solver {solver!r}; choose auto, dense or cg")
         self.dense = solver == "dense" or (solver == "auto" and dense_ok and not has_conv)
-        self.M = self.Q = None
+        self.M = None
+        self.direct = self.n_in <= self.n_out or self.n_in ** 2 <= DIRECT_ENTRIES
         if self.dense:
             eye = torch.eye(self.n_in, dtype=torch.float64, device=device)
-            M = self._apply(eye, torch.float64)  # (n_in, n_out) = A^T
-            M = M.T.contiguous()
-            if self.n_in <= self.n_out:  # (I + A^T A)^-1
-                Q = torch.cholesky_inverse(torch.linalg.cholesky(torch.eye(self.n_in, dtype=M.dtype, device=device)
-                                                                 + M.T @ M))
-            else:  # Woodbury: (I + A A^T)^-1, used as y = r - A^T Q A r
-                Q = torch.cholesky_inverse(torch.linalg.cholesky(torch.eye(self.n_out, dtype=M.dtype, device=device)
-                                                                 + M @ M.T))
-            self.M, self.Q = M.to(dtype), Q.to(dtype)
+            M = self._apply(eye, torch.float64).T.contiguous()  # A, (n_out, n_in)
+            G = M.T @ M if self.direct else M @ M.T
+            G.diagonal().add_(1.0)
+            # (I + AᵀA)⁻¹, or the Woodbury core (I + A Aᵀ)⁻¹ used as y = r − Aᵀ Q A r
+            self.M, self.Q = M.to(dtype), torch.cholesky_inverse(torch.linalg.cholesky(G)).to(dtype)
 
     def _params(self, n: Node, dtype):
         return self.graph.params(n, dtype, self.device)
@@ -84,18 +86,12 @@ class _Affine:
             a = ops.OPS[n.op].adjoint(n, self._params(n, dtype), 0, a)
         return a.reshape(a.shape[0], -1)
 
-    def abs_adjoint(self, a: torch.Tensor) -> torch.Tensor:
-        """|A_1|ᵀ ··· |A_j|ᵀ a (float64), an upper bound of |A|ᵀ a for a ≥ 0."""
-        a = a.reshape(a.shape[0], *self.out_shape)
-        for n in reversed(self.nodes):
-            op, p = ops.OPS[n.op], self._params(n, torch.float64)
-            if n.op == "linear":
-                a = a @ ops.cached_abs(p, "W")
-            elif op.nonneg:
-                a = op.adjoint(n, p, 0, a)
-            else:
-                a = ops._vjp(lambda x, n=n, op=op, p=p: op.abs(n, p, 0, x), n.in_shapes[0], a)
-        return a.reshape(a.shape[0], -1)
+    def abs_fwd(self, x: torch.Tensor) -> torch.Tensor:
+        """|A_j| ··· |A_1| x (float64), an upper bound of |A| x for x ≥ 0."""
+        x = x.reshape(x.shape[0], *self.in_shape)
+        for n in self.nodes:
+            x = ops.OPS[n.op].abs(n, self._params(n, torch.float64), 0, x)
+        return x.reshape(x.shape[0], -1)
 
     def _const(self, dtype) -> torch.Tensor:
         x = torch.zeros(1, *self.in_shape, dtype=dtype, device=self.device)
@@ -112,14 +108,12 @@ class _Affine:
     def adj64(self, a: torch.Tensor) -> torch.Tensor:
         return self._adjoint(a, torch.float64)
 
+
     def project(self, yh: torch.Tensor, zh: torch.Tensor, y0: torch.Tensor, cg_iters: int):
         """Nearest (y, A y + b) to (yh, zh): the solution of (I + AᵀA) y = yh + Aᵀ(zh − b)."""
         r = yh + self.adj(zh - self.b)
         if self.dense:
-            if self.n_in <= self.n_out:
-                y = r @ self.Q
-            else:
-                y = r - (r @ self.M.T @ self.Q) @ self.M
+            y = r @ self.Q if self.direct else r - (r @ self.M.T @ self.Q) @ self.M
         else:
             y = self._cg(r, y0, cg_iters)
         return y, self.fwd(y) + self.b
@@ -285,16 +279,18 @@ class _Problem:
         self.pre64 = [(l[box_of].to(device, torch.float64), u[box_of].to(device, torch.float64)) for l, u in pre_bounds]
         self.box = tuple(t.to(dtype) for t in self.box64)
         self.pre = [(l.to(dtype), u.to(dtype)) for l, u in self.pre64]
+        # |A_k| x̄_k for x̄_k ≥ |x_k| over the box or the ReLU bounds: |ν_k|·that bounds |A_kᵀν_k|·x̄_k (rounding)
+        xbar = [torch.maximum(*(t.abs() for t in self.box64))] + [u.abs().maximum(l.abs()) for l, u in self.pre64]
+        self.abs_out = [a.abs_fwd(x) for a, x in zip(chain.affines, xbar, strict=True)]
         self.n_elements = sum(a.n_in + a.n_out for a in chain.affines) + 16
         self.max_fan = max(max(a.n_in, 1) for a in chain.affines) * max(1, max(len(a.nodes) for a in chain.affines))
 
     def start(self):
         """A feasible primal point: the network at the box centre (clipped to the bounds); zero duals."""
-        aff = self.chain.affines
         x = (self.box[0] + self.box[1]) / 2
         self.zb = x
         self.ya, self.za, self.yr, self.zr = [], [], [], []
-        for k, a in enumerate(aff):
+        for k, a in enumerate(self.chain.affines):
             self.ya.append(x)
             z = a.fwd(x) + a.b
             self.za.append(z)
@@ -309,21 +305,39 @@ class _Problem:
         self.la, self.ma = [zeros(t) for t in self.ya], [zeros(t) for t in self.za]
         self.lr, self.mr = [zeros(t) for t in self.yr], [zeros(t) for t in self.zr]
 
-    def warm_start(self, rho):
-        """Scaled duals of CROWN's multipliers (adaptive lower lines), consistent across every interface."""
+    def backward_nu(self, slopes=None) -> list[torch.Tensor]:
+        """Multipliers (float64, original scale) of a CROWN pass: every ReLU relaxed by its upper line where its
+        output's coefficient is negative, else by the lower line of slope ``slopes[k]`` (default adaptive).
+
+        They are consistent across every interface, so the Lagrangian at them equals that CROWN bound.
+        """
         aff, L = self.chain.affines, len(self.chain.relus)
         nu = [None] * (L + 1)
-        nu[L] = -self.c.to(torch.float64)
+        nu[L] = -self.c64
         for k in range(L - 1, -1, -1):
             a = -aff[k + 1].adj64(nu[k + 1])  # coefficient of the ReLU's output
             l, u = self.pre64[k]
             unstable = (l < 0) & (u > 0)
             up = torch.where(unstable, u / (u - l).clamp(min=1e-300), (l >= 0).to(l.dtype))
-            low = torch.where(unstable, (u >= -l).to(l.dtype), (l >= 0).to(l.dtype))
+            s = (u >= -l).to(l.dtype) if slopes is None else slopes[k]
+            low = torch.where(unstable, s, (l >= 0).to(l.dtype))
             nu[k] = -torch.where(a > 0, a * low, a * up)
-        r = rho.to(torch.float64)
-        for k in range(L + 1):
-            self.la[k] = (aff[k].adj64(nu[k]) / r).to(self.dtype)
+        return nu
+
+    def rho_guess(self) -> torch.Tensor:
+        """A starting ρ (N, 1): the size of CROWN's multipliers (unit objective) over that of the start point."""
+        nu = sum((n / self.cnorm.clamp(min=1e-300)).pow(2).sum(1) for n in self.backward_nu())
+        x = sum(t.to(torch.float64).pow(2).sum(1) for t in self.ya + self.za)
+        rho = (nu / x.clamp(min=1e-300)).sqrt()
+        return torch.where(torch.isfinite(rho) & (rho > 0), rho, 1.0).clamp(1e-6, 1e6).unsqueeze(1).to(self.dtype)
+
+    def warm_start(self, rho):
+        """Scaled duals of CROWN's multipliers (adaptive lower lines)."""
+        L = len(self.chain.relus)
+        r = rho.to(torch.float64) * self.cnorm
+        nu = self.backward_nu()
+        for k, a in enumerate(self.chain.affines):
+            self.la[k] = (a.adj64(nu[k]) / r).to(self.dtype)
             self.ma[k] = (-nu[k] / r).to(self.dtype)
             if k < L:
                 self.lr[k] = (nu[k] / r).to(self.dtype)
@@ -344,7 +358,7 @@ class _Problem:
 
     def step(self, rho, alpha, cg_iters):
         """One iteration; returns squared primal and dual residuals per objective (N,)."""
-        aff, L = self.chain.affines, len(self.chain.relus)
+        L = len(self.chain.relus)
         xin, xout = self.consensus(rho)
         old = getattr(self, "_x", None)
         r2 = torch.zeros(self.N, dtype=self.dtype, device=self.device)
@@ -359,7 +373,7 @@ class _Problem:
         for k in range(L + 1):
             hy = alpha * xin[k] + (1 - alpha) * self.ya[k]
             hz = alpha * xout[k] + (1 - alpha) * self.za[k]
-            y, z = aff[k].project(hy - self.la[k], hz - self.ma[k], self.ya[k], cg_iters)
+            y, z = self.chain.affines[k].project(hy - self.la[k], hz - self.ma[k], self.ya[k], cg_iters)
             self.la[k] = self.la[k] + y - hy
             self.ma[k] = self.ma[k] + z - hz
             self.ya[k], self.za[k] = y, z
@@ -393,32 +407,60 @@ class _Problem:
         """The primal objective c · x_out at the current iterate (in the original scale; not a bound)."""
         return (self.za[-1].to(torch.float64) * self.c64).sum(1)
 
-    def dual_bound(self, rho) -> torch.Tensor:
-        """The Lagrangian lower bound (N,) for ν_k = ρ λ_k (float64), minus a bound on its rounding error."""
-        aff, L = self.chain.affines, len(self.chain.relus)
+    def admm_nu(self, rho) -> list[torch.Tensor]:
+        """The iterate's multipliers ν_k = ρ λ_k (float64, original scale), ν_L = −c."""
         scale = self.cnorm * rho.to(torch.float64)
-        nu = [self.lr[k].to(torch.float64) * scale for k in range(L)] + [-self.c64]
+        return [t.to(torch.float64) * scale for t in self.lr] + [-self.c64]
+
+    def slopes_of(self, nu) -> list[torch.Tensor]:
+        """Lower-line slopes read off multipliers (ν_k = −slope · the coefficient of the ReLU's output)."""
+        aff = self.chain.affines
+        out = []
+        for k in range(len(self.chain.relus)):
+            a = -aff[k + 1].adj64(nu[k + 1])
+            out.append(torch.where(a > 0, -nu[k] / torch.where(a > 0, a, 1.0), 0.0).clamp(0, 1))
+        return out
+
+    def primal_slopes(self, slopes) -> list[torch.Tensor]:
+        """``slopes``, except 1 (0) where the iterate's ReLU input is clearly above (below) 0, as at an LP optimum."""
+        out = []
+        for s, y, (l, u) in zip(slopes, self.yr, self.pre64, strict=True):
+            y, margin = y.to(torch.float64), PRIMAL_MARGIN * (u - l)
+            out.append(torch.where(y > margin, 1.0, torch.where(y < -margin, 0.0, s)))
+        return out
+
+    def dual_bound(self, rho) -> torch.Tensor:
+        """The best of three sound lower bounds (N,): the Lagrangian at the iterate's multipliers, and the CROWN
+        bounds (the Lagrangian at consistent multipliers) with the lower slopes those multipliers imply, alone
+        and corrected by the primal iterate. Any slopes in [0, 1] give a valid bound; these approach the LP's."""
+        nu = self.admm_nu(rho)
+        slopes = self.slopes_of(nu)
+        bounds = [self.lagrangian(nu), self.lagrangian(self.backward_nu(slopes)),
+                  self.lagrangian(self.backward_nu(self.primal_slopes(slopes)))]
+        return torch.stack(bounds).max(0).values
+
+    def lagrangian(self, nu) -> torch.Tensor:
+        """The Lagrangian lower bound (N,) for multipliers ``nu`` (float64), minus a bound on its rounding error."""
+        aff, L = self.chain.affines, len(self.chain.relus)
         g = [aff[k].adj64(nu[k]) for k in range(L + 1)]
         total = -sum((nu[k] * aff[k].b64).sum(1) for k in range(L + 1))
         mag = sum((nu[k].abs() * aff[k].b64.abs()).sum(1) for k in range(L + 1))
         lo, hi = self.box64
         total = total + torch.minimum(-g[0] * lo, -g[0] * hi).sum(1)
-        xmax0 = torch.maximum(lo.abs(), hi.abs())
-        mag = mag + (aff[0].abs_adjoint(nu[0].abs()) * xmax0).sum(1)
+        mag = mag + sum((n.abs() * a).sum(1) for n, a in zip(nu, self.abs_out, strict=True))
         for k in range(L):
             l, u = self.pre64[k]
             m, mg = _relu_min(nu[k], -g[k + 1], l, u)
             total, mag = total + m, mag + mg
-            mag = mag + (aff[k + 1].abs_adjoint(nu[k + 1].abs()) * torch.maximum(l.abs(), u.abs()).clamp(min=0)).sum(1)
         bad = ~torch.isfinite(total)
         total = total - 4 * (self.n_elements + self.max_fan) * EPS64 * mag - 1e-300
         return torch.where(bad, torch.full_like(total, -math.inf), total)
 
 
 def admm_minimize(graph: Graph, lower, upper, C, pre: Bounds | None = None, *, upto: str | None = None,
-                  rho: float = 1.0, alpha: float = 1.6, max_iter: int = 5000, tol: float = 1e-4,
+                  rho: float | None = None, alpha: float = 1.6, max_iter: int = 5000, tol: float = 1e-4,
                   check_every: int = 10, adaptive_rho: bool = True, time_limit: float | None = None,
-                  cg_iters: int = 6, solver: str = "auto", dtype: torch.dtype = torch.float32,
+                  cg_iters: int = 3, solver: str = "auto", dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu", trace: bool = False, chain: Chain | None = None,
                   pre_bounds: list | None = None, warm_start: bool = True) -> AdmmResult:
     """Sound lower bounds of ``C · v`` over the LP (triangle) relaxation, for v the output (or node ``upto``).
@@ -453,7 +495,7 @@ def admm_minimize(graph: Graph, lower, upper, C, pre: Bounds | None = None, *, u
     prob = _Problem(chain, lower, upper, pre_bounds, C.reshape(B * S, -1), box_of, dtype, device)
     prob.start()
     N = B * S
-    rho_t = torch.full((N, 1), float(rho), dtype=dtype, device=device)
+    rho_t = prob.rho_guess() if rho is None else torch.full((N, 1), float(rho), dtype=dtype, device=device)
     if warm_start:
         prob.warm_start(rho_t)
     best = torch.full((N,), -math.inf, dtype=torch.float64, device=device)
