@@ -1,15 +1,16 @@
 """ADMM against HiGHS on the triangle LP, with the same intermediate bounds (full CROWN).
 
-``nets``: for each network, the input box and spec rows of its first instance; HiGHS builds the LP and
-minimises every row (its time and optimum); ADMM bounds all rows at once, and the time at which every row's
-bound is within 1e-3 of the LP optimum (relative, floor 1: (lp - bound) <= 1e-3 * max(|lp|, 1)) is reported,
-or "not reached" within max(--time-limit, HiGHS's time). Writes docs/img/admm_bound_vs_time.png (worst
-relative gap vs time).
+``nets``: for each network, the input box and spec rows of its first instance. HiGHS (simplex; presolve on
+unless --presolve off) builds the LP and minimises every row, warm-started row to row: its time and optimum.
+ADMM bounds all rows at once; reported is the time at which every row's bound is within 1e-3 of the LP
+optimum (relative, floor 1: (lp - bound) <= 1e-3 * max(|lp|, 1)), or "not reached" within
+max(--time-limit, HiGHS's time). Writes docs/img/admm_bound_vs_time.png (worst relative gap vs time).
 
 ``sweep``: random small sequential ReLU nets (the generator of tests/test_admm.py); the share whose ADMM
 bound reaches 1e-3 of the LP optimum within --max-iter iterations, and the largest excess over the optimum.
 
-    python bench/admm.py nets [--shared ../shared] [--time-limit 300] [--lp-time-limit 900] [--nets cifar_base_kw,...]
+    python bench/admm.py nets [--shared ../shared] [--time-limit 300] [--lp-time-limit 900] [--presolve on]
+                              [--nets cifar_base_kw,...]
     python bench/admm.py sweep [--n 200] [--max-iter 20000]
 """
 
@@ -69,6 +70,7 @@ def run_nets(args) -> None:
         pre = crown_bounds(g, lower, upper)
         t = time.perf_counter()
         m = Model(g, pre, 0, time_limit=args.lp_time_limit).build()
+        m.h.setOptionValue("presolve", args.presolve)
         sols = [m.minimize(*m.objective(g.output_name, c)) for c in C]
         lp = torch.tensor([s.bound for s in sols])[None]
         t_lp = time.perf_counter() - t
@@ -128,6 +130,8 @@ def main() -> None:
     a.add_argument("--time-limit", type=float, default=300.0, help="ADMM seconds (at least HiGHS's time)")
     a.add_argument("--lp-time-limit", type=float, default=900.0, help="HiGHS seconds for the model's solves")
     a.add_argument("--plot", default=str(Path(__file__).resolve().parents[1] / "docs/img/admm_bound_vs_time.png"))
+    a.add_argument("--presolve", choices=["on", "off"], default="on",
+                   help="HiGHS presolve (on: its fastest here; Model's own default is off)")
     a.add_argument("--check-every", type=int, default=25)
     a.add_argument("--solver", default="auto")
     a.add_argument("--device", default="cpu")

@@ -126,11 +126,11 @@ def test_consistent_multipliers_give_crown():
     prob = _Problem(chain, l, u, _chain_bounds(chain, pre, l, u), C[0], torch.zeros(3, dtype=torch.long), F64, "cpu")
     bounds = {k: (v[0].to(F64), v[1].to(F64)) for k, v in {**pre, g.input_name: (l, u)}.items()}
     crown, _ = spec_bounds(g, g.output_name, C, bounds, lines="adaptive")
-    assert torch.allclose(prob.lagrangian(prob.backward_nu()), crown[0], atol=1e-9)
+    assert torch.allclose(prob.lagrangian(*prob.backward()), crown[0], atol=1e-9)
     lp = _lp_lower(g, l, u, C, pre)[0]
     for _ in range(5):
         slopes = [torch.rand(lo.shape, generator=gen, dtype=F64) for lo, _ in prob.pre64]
-        assert bool((prob.lagrangian(prob.backward_nu(slopes)) <= lp + 1e-9).all())
+        assert bool((prob.lagrangian(*prob.backward(slopes)) <= lp + 1e-9).all())
 
 
 def test_woodbury_projection_matches_direct(monkeypatch):
@@ -144,6 +144,19 @@ def test_woodbury_projection_matches_direct(monkeypatch):
     yh, zh = torch.randn(4, 12, generator=gen, dtype=F64), torch.randn(4, 3, generator=gen, dtype=F64)
     for a, b in zip(direct.project(yh, zh, None, 0), woodbury.project(yh, zh, None, 0), strict=True):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_sparse_products_match_the_ops():
+    """A conv map as sparse matrices applies A and Aᵀ as its ops do."""
+    rng = random.Random(4)
+    spec = replace(random_spec(rng, piecewise_linear=True, kind="conv", pool="avg"), acts=("relu",),
+                   residual=False, concat=False, sub=False)
+    a = next(a for a in chain_of(build(spec), dtype=F64).affines if not a.dense)
+    S, ST = a.sparse()
+    gen = torch.Generator().manual_seed(4)
+    x, z = torch.randn(3, a.n_in, generator=gen, dtype=F64), torch.randn(3, a.n_out, generator=gen, dtype=F64)
+    assert torch.allclose((S @ x.T).T, a._apply(x, F64), atol=1e-12)
+    assert torch.allclose((ST @ z.T).T, a._adjoint(z, F64), atol=1e-12)
 
 
 def test_cg_matches_dense_on_conv():

@@ -13,13 +13,18 @@ Reported bounds never come from the primal iterate. For multipliers ν_k on the 
 the Lagrangian separates: a box term ``min −(A_0ᵀν_0)·x_0`` (a corner per input), and per ReLU neuron
 ``min ν z − (A_{k+1}ᵀν_{k+1}) x`` over the triangle (one of its three vertices) or the stable segment,
 plus the constants ``−Σ ν_k·b_k``. That value, evaluated in float64 minus a bound on its rounding error,
-is a lower bound of the LP optimum for any ν; the running best over the checked iterations is kept.
+is a lower bound of the LP optimum for any ν. Until ADMM converges its ν disagree from layer to layer, which
+costs that bound much; so the same evaluation is also made at the multipliers of a CROWN pass (consistent by
+construction) whose lower-line slopes are read off ν (ν_k = −slope · the coefficient of the ReLU's output), and
+once more with the slopes of clearly active or inactive neurons of the primal iterate set to 1 or 0. Any slopes
+in [0, 1] give a valid bound, and the LP's optimal ones give the LP optimum. The running best is kept.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +40,10 @@ DENSE_ENTRIES = 1 << 22
 # Dense maps with at most this many inputs squared invert I + AᵀA directly even when wider than tall: the
 # Woodbury form loses float32 accuracy where A has large singular values (mnist_fc first layers).
 DIRECT_ENTRIES = 1 << 21
+# Matrix-free maps with at most this many inputs (times nodes) are tried as sparse matrices, kept if at most this
+# many nonzeros and faster (small convolutions: the transposed convolution is slow at few channels).
+SPARSE_BUILD_MAX = 1 << 15
+SPARSE_NNZ_MAX = 1 << 24
 # A ReLU input of the iterate farther than this share of its bound width from 0 fixes its lower slope (1 or 0).
 PRIMAL_MARGIN = 0.02
 # Residual balancing: ρ doubles (halves) when the squared primal residual exceeds the dual one this many times.
@@ -61,7 +70,8 @@ class _Affine:
         if solver not in ("auto", "dense", "cg"):
             raise ValueError(f"unknown affine solver {solver!r}; choose auto, dense or cg")
         self.dense = solver == "dense" or (solver == "auto" and dense_ok and not has_conv)
-        self.M = None
+        self.M = self.S = self.ST = None  # S, ST: A and Aᵀ as sparse matrices, where :meth:`tune` found them faster
+        self._tuned = 0  # the batch size :meth:`tune` chose for
         self.direct = self.n_in <= self.n_out or self.n_in ** 2 <= DIRECT_ENTRIES
         if self.dense:
             eye = torch.eye(self.n_in, dtype=torch.float64, device=device)
@@ -100,38 +110,84 @@ class _Affine:
         return x.reshape(-1)
 
     def fwd(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.M.T if self.dense else self._apply(x, self.dtype)
+        if self.dense:
+            return x @ self.M.T
+        return (self.S @ x.T).T if self.S is not None else self._apply(x, self.dtype)
 
     def adj(self, a: torch.Tensor) -> torch.Tensor:
-        return a @ self.M if self.dense else self._adjoint(a, self.dtype)
+        if self.dense:
+            return a @ self.M
+        return (self.ST @ a.T).T if self.ST is not None else self._adjoint(a, self.dtype)
+
+    def sparse(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A and Aᵀ as sparse CSR matrices (``dtype``), or None past SPARSE_NNZ_MAX nonzeros."""
+        rows, cols, vals = [], [], []
+        for s in range(0, self.n_in, 512):
+            k = min(512, self.n_in - s)
+            eye = torch.zeros(k, self.n_in, dtype=self.dtype, device=self.device)
+            eye[torch.arange(k), s + torch.arange(k)] = 1.0
+            col = self._apply(eye, self.dtype)  # (k, n_out): columns s.. of A
+            i, j = col.nonzero(as_tuple=True)
+            rows.append(j), cols.append(i + s), vals.append(col[i, j])
+            if sum(v.numel() for v in vals) > SPARSE_NNZ_MAX:
+                return None
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore")
+            A = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals),
+                                        (self.n_out, self.n_in), check_invariants=False)
+            return A.coalesce().to_sparse_csr(), A.t().coalesce().to_sparse_csr()
+
+    def tune(self, n: int) -> None:
+        """For a matrix-free map, apply A (Aᵀ) as a sparse matrix where that is faster than the ops at batch n."""
+        if self.dense or n == self._tuned or self.n_in * max(len(self.nodes), 1) > SPARSE_BUILD_MAX:
+            return
+        self._tuned, self.S, self.ST = n, None, None
+        mats = self.sparse()
+        if mats is None:
+            return
+        S, ST = mats
+
+        def clock(f, x):  # the fastest of 5 calls, after a first one
+            f(x)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                f(x)
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        x = torch.randn(n, self.n_in, dtype=self.dtype, device=self.device)
+        a = torch.randn(n, self.n_out, dtype=self.dtype, device=self.device)
+        if clock(lambda v: (S @ v.T).T, x) < clock(lambda v: self._apply(v, self.dtype), x):
+            self.S = S
+        if clock(lambda v: (ST @ v.T).T, a) < clock(lambda v: self._adjoint(v, self.dtype), a):
+            self.ST = ST
 
     def adj64(self, a: torch.Tensor) -> torch.Tensor:
         return self._adjoint(a, torch.float64)
 
-
     def project(self, yh: torch.Tensor, zh: torch.Tensor, y0: torch.Tensor, cg_iters: int):
         """Nearest (y, A y + b) to (yh, zh): the solution of (I + AᵀA) y = yh + Aᵀ(zh − b)."""
-        r = yh + self.adj(zh - self.b)
         if self.dense:
+            r = yh + self.adj(zh - self.b)
             y = r @ self.Q if self.direct else r - (r @ self.M.T @ self.Q) @ self.M
-        else:
-            y = self._cg(r, y0, cg_iters)
-        return y, self.fwd(y) + self.b
-
-    def _cg(self, r: torch.Tensor, y: torch.Tensor, iters: int) -> torch.Tensor:
-        res = r - y - self.adj(self.fwd(y))
-        p = res
+            return y, self.fwd(y) + self.b
+        # conjugate gradient from y0, tracking A y along (one product each way per step)
+        ay = self.fwd(y0)
+        res = yh - y0 + self.adj(zh - self.b - ay)
+        y, p = y0, res
         rs = (res * res).sum(1, keepdim=True)
-        tiny = torch.finfo(r.dtype).tiny
-        for _ in range(iters):
-            Ap = p + self.adj(self.fwd(p))
+        tiny = torch.finfo(res.dtype).tiny
+        for _ in range(cg_iters):
+            ap = self.fwd(p)
+            Ap = p + self.adj(ap)
             a = rs / (p * Ap).sum(1, keepdim=True).clamp_min(tiny)
-            y = y + a * p
+            y, ay = y + a * p, ay + a * ap
             res = res - a * Ap
             rs_new = (res * res).sum(1, keepdim=True)
             p = res + (rs_new / rs.clamp_min(tiny)) * p
             rs = rs_new
-        return y
+        return y, ay + self.b
 
 
 @dataclass
@@ -282,6 +338,8 @@ class _Problem:
         # |A_k| x̄_k for x̄_k ≥ |x_k| over the box or the ReLU bounds: |ν_k|·that bounds |A_kᵀν_k|·x̄_k (rounding)
         xbar = [torch.maximum(*(t.abs() for t in self.box64))] + [u.abs().maximum(l.abs()) for l, u in self.pre64]
         self.abs_out = [a.abs_fwd(x) for a, x in zip(chain.affines, xbar, strict=True)]
+        for a in chain.affines:
+            a.tune(N)
         self.n_elements = sum(a.n_in + a.n_out for a in chain.affines) + 16
         self.max_fan = max(max(a.n_in, 1) for a in chain.affines) * max(1, max(len(a.nodes) for a in chain.affines))
 
@@ -305,28 +363,31 @@ class _Problem:
         self.la, self.ma = [zeros(t) for t in self.ya], [zeros(t) for t in self.za]
         self.lr, self.mr = [zeros(t) for t in self.yr], [zeros(t) for t in self.zr]
 
-    def backward_nu(self, slopes=None) -> list[torch.Tensor]:
-        """Multipliers (float64, original scale) of a CROWN pass: every ReLU relaxed by its upper line where its
-        output's coefficient is negative, else by the lower line of slope ``slopes[k]`` (default adaptive).
+    def backward(self, slopes=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Multipliers ν_k (float64, original scale) of a CROWN pass, and g_k = A_kᵀ ν_k: every ReLU relaxed by its
+        upper line where its output's coefficient is negative, else by the lower line of slope ``slopes[k]``
+        (default adaptive).
 
         They are consistent across every interface, so the Lagrangian at them equals that CROWN bound.
         """
         aff, L = self.chain.affines, len(self.chain.relus)
-        nu = [None] * (L + 1)
+        nu, g = [None] * (L + 1), [None] * (L + 1)
         nu[L] = -self.c64
         for k in range(L - 1, -1, -1):
-            a = -aff[k + 1].adj64(nu[k + 1])  # coefficient of the ReLU's output
+            g[k + 1] = aff[k + 1].adj64(nu[k + 1])
+            a = -g[k + 1]  # coefficient of the ReLU's output
             l, u = self.pre64[k]
             unstable = (l < 0) & (u > 0)
             up = torch.where(unstable, u / (u - l).clamp(min=1e-300), (l >= 0).to(l.dtype))
             s = (u >= -l).to(l.dtype) if slopes is None else slopes[k]
             low = torch.where(unstable, s, (l >= 0).to(l.dtype))
             nu[k] = -torch.where(a > 0, a * low, a * up)
-        return nu
+        g[0] = aff[0].adj64(nu[0])
+        return nu, g
 
     def rho_guess(self) -> torch.Tensor:
         """A starting ρ (N, 1): the size of CROWN's multipliers (unit objective) over that of the start point."""
-        nu = sum((n / self.cnorm.clamp(min=1e-300)).pow(2).sum(1) for n in self.backward_nu())
+        nu = sum((n / self.cnorm.clamp(min=1e-300)).pow(2).sum(1) for n in self.backward()[0])
         x = sum(t.to(torch.float64).pow(2).sum(1) for t in self.ya + self.za)
         rho = (nu / x.clamp(min=1e-300)).sqrt()
         return torch.where(torch.isfinite(rho) & (rho > 0), rho, 1.0).clamp(1e-6, 1e6).unsqueeze(1).to(self.dtype)
@@ -334,10 +395,10 @@ class _Problem:
     def warm_start(self, rho):
         """Scaled duals of CROWN's multipliers (adaptive lower lines)."""
         L = len(self.chain.relus)
-        r = rho.to(torch.float64) * self.cnorm
-        nu = self.backward_nu()
-        for k, a in enumerate(self.chain.affines):
-            self.la[k] = (a.adj64(nu[k]) / r).to(self.dtype)
+        r = rho.to(torch.float64) * self.cnorm.clamp(min=1e-300)
+        nu, g = self.backward()
+        for k in range(L + 1):
+            self.la[k] = (g[k] / r).to(self.dtype)
             self.ma[k] = (-nu[k] / r).to(self.dtype)
             if k < L:
                 self.lr[k] = (nu[k] / r).to(self.dtype)
@@ -412,12 +473,11 @@ class _Problem:
         scale = self.cnorm * rho.to(torch.float64)
         return [t.to(torch.float64) * scale for t in self.lr] + [-self.c64]
 
-    def slopes_of(self, nu) -> list[torch.Tensor]:
-        """Lower-line slopes read off multipliers (ν_k = −slope · the coefficient of the ReLU's output)."""
-        aff = self.chain.affines
+    def slopes_of(self, nu, g) -> list[torch.Tensor]:
+        """Lower-line slopes read off multipliers (ν_k = −slope · the coefficient −g_{k+1} of the ReLU's output)."""
         out = []
         for k in range(len(self.chain.relus)):
-            a = -aff[k + 1].adj64(nu[k + 1])
+            a = -g[k + 1]
             out.append(torch.where(a > 0, -nu[k] / torch.where(a > 0, a, 1.0), 0.0).clamp(0, 1))
         return out
 
@@ -434,15 +494,16 @@ class _Problem:
         bounds (the Lagrangian at consistent multipliers) with the lower slopes those multipliers imply, alone
         and corrected by the primal iterate. Any slopes in [0, 1] give a valid bound; these approach the LP's."""
         nu = self.admm_nu(rho)
-        slopes = self.slopes_of(nu)
-        bounds = [self.lagrangian(nu), self.lagrangian(self.backward_nu(slopes)),
-                  self.lagrangian(self.backward_nu(self.primal_slopes(slopes)))]
+        g = [a.adj64(n) for a, n in zip(self.chain.affines, nu, strict=True)]
+        slopes = self.slopes_of(nu, g)
+        bounds = [self.lagrangian(nu, g), self.lagrangian(*self.backward(slopes)),
+                  self.lagrangian(*self.backward(self.primal_slopes(slopes)))]
         return torch.stack(bounds).max(0).values
 
-    def lagrangian(self, nu) -> torch.Tensor:
-        """The Lagrangian lower bound (N,) for multipliers ``nu`` (float64), minus a bound on its rounding error."""
+    def lagrangian(self, nu, g) -> torch.Tensor:
+        """The Lagrangian lower bound (N,) for multipliers ``nu`` (float64; g_k = A_kᵀ ν_k), minus a bound on its
+        rounding error."""
         aff, L = self.chain.affines, len(self.chain.relus)
-        g = [aff[k].adj64(nu[k]) for k in range(L + 1)]
         total = -sum((nu[k] * aff[k].b64).sum(1) for k in range(L + 1))
         mag = sum((nu[k].abs() * aff[k].b64.abs()).sum(1) for k in range(L + 1))
         lo, hi = self.box64
@@ -459,7 +520,7 @@ class _Problem:
 
 def admm_minimize(graph: Graph, lower, upper, C, pre: Bounds | None = None, *, upto: str | None = None,
                   rho: float | None = None, alpha: float = 1.6, max_iter: int = 5000, tol: float = 1e-4,
-                  check_every: int = 10, adaptive_rho: bool = True, time_limit: float | None = None,
+                  check_every: int = 25, adaptive_rho: bool = True, time_limit: float | None = None,
                   cg_iters: int = 3, solver: str = "auto", dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu", trace: bool = False, chain: Chain | None = None,
                   pre_bounds: list | None = None, warm_start: bool = True) -> AdmmResult:
@@ -471,7 +532,8 @@ def admm_minimize(graph: Graph, lower, upper, C, pre: Bounds | None = None, *, u
     residual is below ``tol`` (relative) and the primal objective is within ``tol`` (relative) of the bound,
     or at ``max_iter``/``time_limit``. ``solver``: affine projections by explicit inverse ("dense"),
     conjugate gradient with ``cg_iters`` steps ("cg") or by size ("auto": dense unless a convolution or a
-    large map).
+    large map). ``rho``: the starting penalty (default: per objective, the norm of CROWN's multipliers over that
+    of the start point), then balanced by the residuals when ``adaptive_rho``.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
