@@ -46,6 +46,8 @@ SPARSE_BUILD_MAX = 1 << 15
 SPARSE_NNZ_MAX = 1 << 24
 # A ReLU input of the iterate farther than this share of its bound width from 0 fixes its lower slope (1 or 0).
 PRIMAL_MARGIN = 0.02
+# Weight of the past in the running average of the multipliers (per check) whose slopes give a third bound.
+NU_AVERAGE = 0.5
 # Residual balancing: ρ doubles (halves) when the squared primal residual exceeds the dual one this many times.
 RHO_BALANCE = 100.0
 
@@ -491,13 +493,18 @@ class _Problem:
 
     def dual_bound(self, rho) -> torch.Tensor:
         """The best of three sound lower bounds (N,): the Lagrangian at the iterate's multipliers, and the CROWN
-        bounds (the Lagrangian at consistent multipliers) with the lower slopes those multipliers imply, alone
-        and corrected by the primal iterate. Any slopes in [0, 1] give a valid bound; these approach the LP's."""
+        bounds (the Lagrangian at consistent multipliers) with the lower slopes implied by those multipliers and by
+        their running average, each corrected by the primal iterate. Any slopes in [0, 1] give a valid bound;
+        these approach the LP's."""
         nu = self.admm_nu(rho)
         g = [a.adj64(n) for a, n in zip(self.chain.affines, nu, strict=True)]
-        slopes = self.slopes_of(nu, g)
-        bounds = [self.lagrangian(nu, g), self.lagrangian(*self.backward(slopes)),
-                  self.lagrangian(*self.backward(self.primal_slopes(slopes)))]
+        avg = getattr(self, "_nu_avg", None)
+        avg = nu if avg is None else [NU_AVERAGE * a + (1 - NU_AVERAGE) * n for a, n in zip(avg, nu, strict=True)]
+        self._nu_avg = avg
+        g_avg = [a.adj64(n) for a, n in zip(self.chain.affines, avg, strict=True)]
+        bounds = [self.lagrangian(nu, g)]
+        for m, gm in ((nu, g), (avg, g_avg)):
+            bounds.append(self.lagrangian(*self.backward(self.primal_slopes(self.slopes_of(m, gm)))))
         return torch.stack(bounds).max(0).values
 
     def lagrangian(self, nu, g) -> torch.Tensor:
