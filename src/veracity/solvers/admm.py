@@ -37,8 +37,10 @@ from veracity.graph.ir import Graph, Node, UnsupportedError
 EPS64 = float(torch.finfo(torch.float64).eps)
 # Affine maps with at most this many matrix entries (and no convolution) get an explicit matrix and inverse.
 DENSE_ENTRIES = 1 << 22
-# Dense maps with at most this many inputs squared invert I + AᵀA directly even when wider than tall: the
-# Woodbury form loses float32 accuracy where A has large singular values (mnist_fc first layers).
+# A dense map wider than tall projects by the Woodbury form, with the small inverse (I + AAᵀ)⁻¹, unless its norm
+# exceeds WOODBURY_MAX_NORM and it has at most DIRECT_ENTRIES inputs squared: then by (I + AᵀA)⁻¹, as the
+# Woodbury form's subtraction loses float32 accuracy (‖A‖ 31 on mnist_fc's first layer: errors of 4e-3).
+WOODBURY_MAX_NORM = 4.0
 DIRECT_ENTRIES = 1 << 21
 # Matrix-free maps with at most this many inputs (times nodes) are tried as sparse matrices, kept if at most this
 # many nonzeros and faster (small convolutions: the transposed convolution is slow at few channels).
@@ -74,10 +76,12 @@ class _Affine:
         self.dense = solver == "dense" or (solver == "auto" and dense_ok and not has_conv)
         self.M = self.S = self.ST = None  # S, ST: A and Aᵀ as sparse matrices, where :meth:`tune` found them faster
         self._tuned = 0  # the batch size :meth:`tune` chose for
-        self.direct = self.n_in <= self.n_out or self.n_in ** 2 <= DIRECT_ENTRIES
+        self.direct = self.n_in <= self.n_out
         if self.dense:
             eye = torch.eye(self.n_in, dtype=torch.float64, device=device)
             M = self._apply(eye, torch.float64).T.contiguous()  # A, (n_out, n_in)
+            if not self.direct and self.n_in ** 2 <= DIRECT_ENTRIES:
+                self.direct = float(torch.linalg.eigvalsh(M @ M.T).max()) > WOODBURY_MAX_NORM ** 2
             G = M.T @ M if self.direct else M @ M.T
             G.diagonal().add_(1.0)
             # (I + AᵀA)⁻¹, or the Woodbury core (I + A Aᵀ)⁻¹ used as y = r − Aᵀ Q A r
