@@ -391,18 +391,18 @@ class _Problem:
         g[0] = aff[0].adj64(nu[0])
         return nu, g
 
-    def rho_guess(self) -> torch.Tensor:
-        """A starting ρ (N, 1): the size of CROWN's multipliers (unit objective) over that of the start point."""
-        nu = sum((n / self.cnorm.clamp(min=1e-300)).pow(2).sum(1) for n in self.backward()[0])
+    def rho_guess(self, crown_nu) -> torch.Tensor:
+        """A starting ρ (N, 1): the size of CROWN's multipliers ``crown_nu`` (unit objective) over that of the
+        start point."""
+        nu = sum((n / self.cnorm.clamp(min=1e-300)).pow(2).sum(1) for n in crown_nu)
         x = sum(t.to(torch.float64).pow(2).sum(1) for t in self.ya + self.za)
         rho = (nu / x.clamp(min=1e-300)).sqrt()
         return torch.where(torch.isfinite(rho) & (rho > 0), rho, 1.0).clamp(1e-6, 1e6).unsqueeze(1).to(self.dtype)
 
-    def warm_start(self, rho):
-        """Scaled duals of CROWN's multipliers (adaptive lower lines)."""
+    def warm_start(self, rho, nu, g):
+        """Scaled duals of CROWN's multipliers ``nu`` (g_k = A_kᵀ ν_k), from :meth:`backward`."""
         L = len(self.chain.relus)
         r = rho.to(torch.float64) * self.cnorm.clamp(min=1e-300)
-        nu, g = self.backward()
         for k in range(L + 1):
             self.la[k] = (g[k] / r).to(self.dtype)
             self.ma[k] = (-nu[k] / r).to(self.dtype)
@@ -568,9 +568,10 @@ def admm_minimize(graph: Graph, lower, upper, C, pre: Bounds | None = None, *, u
     prob = _Problem(chain, lower, upper, pre_bounds, C.reshape(B * S, -1), box_of, dtype, device)
     prob.start()
     N = B * S
-    rho_t = prob.rho_guess() if rho is None else torch.full((N, 1), float(rho), dtype=dtype, device=device)
+    crown_nu, crown_g = prob.backward()  # adaptive slopes
+    rho_t = prob.rho_guess(crown_nu) if rho is None else torch.full((N, 1), float(rho), dtype=dtype, device=device)
     if warm_start:
-        prob.warm_start(rho_t)
+        prob.warm_start(rho_t, crown_nu, crown_g)
     best = torch.full((N,), -math.inf, dtype=torch.float64, device=device)
     history = []
     it, converged = 0, False
