@@ -25,7 +25,7 @@ from veracity.graph import load_onnx
 from veracity.solvers.milp import decide_case, milp_minimum
 from veracity.spec import Box, Case, Region, Spec, load_vnnlib
 from veracity.verify import driver
-from veracity.verify.attack import Checker
+from veracity.verify.attack import Checker, pgd_attack
 from veracity.verify.bab import input_split, relu_split
 from veracity.verify.driver import verify
 
@@ -191,3 +191,17 @@ def test_driver_honours_its_timeout_within_5_percent(timeout):
     elapsed = time.monotonic() - t
     assert res.status == "timeout", res.log
     assert elapsed <= timeout * 1.05, elapsed
+
+
+def test_attack_vertex_starts_leave_a_plateau_that_uniform_starts_stay_on():
+    """y = sum relu(x_i - 0.9) on [0, 1]^20 is flat wherever no x_i exceeds 0.9; y >= 0.5 needs five x_i near 1.
+    A random vertex has about ten ones; sign steps from a uniform point only raise the coordinates above 0.9."""
+    g = nets.mlp(0, 20, [20], ["relu"], 1)
+    first, out = (n for n in g.nodes.values() if n.op == "linear")
+    first.params.update(W=torch.eye(20, dtype=torch.float64), b=torch.full((20,), -0.9, dtype=torch.float64))
+    out.params.update(W=torch.ones(1, 20, dtype=torch.float64), b=torch.zeros(1, dtype=torch.float64))
+    spec = Spec((Case(Box(np.zeros(20), np.ones(20)), (Region(np.array([[-1.0]]), np.array([-0.5])),)),), 20, 1)
+    checker = Checker(g, spec)
+    assert pgd_attack(g, spec, checker, restarts=4, vertices=False) is None
+    x, y = pgd_attack(g, spec, checker, restarts=4)
+    assert_witness(spec, x, y, g)

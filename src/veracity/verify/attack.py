@@ -75,16 +75,22 @@ def _region_tensors(spec: Spec, dtype):
 
 
 def pgd_attack(graph: Graph, spec: Spec, checker: Checker, restarts: int = 8, steps: int = 50,
-               deadline: float | None = None, seed: int = 0):
-    """Search for a counterexample; returns (x, y) confirmed by ``checker`` or None."""
+               deadline: float | None = None, seed: int = 0, vertices: bool = True):
+    """Search for a counterexample; returns (x, y) confirmed by ``checker`` or None.
+
+    ``vertices``: every other random restart starts at a random vertex of the box (else all are uniform)."""
     if not any(c.regions for c in spec.cases):
         return None
     gen = torch.Generator().manual_seed(seed)
     case_of, lo, hi, A, b = _region_tensors(spec, torch.float64)
     R = lo.shape[0]
-    # the box centre first, then random restarts
-    starts = [(lo + hi) / 2] + [lo + torch.rand(lo.shape, generator=gen, dtype=lo.dtype) * (hi - lo)
-                                for _ in range(restarts - 1)]
+    # the box centre first, then random restarts; vertices help where the network is flat inside the box
+    # and sign steps from a uniform point stay on that plateau
+    def start(k):
+        u = torch.rand(lo.shape, generator=gen, dtype=lo.dtype)
+        return lo + (u < 0.5).to(lo.dtype) * (hi - lo) if vertices and k % 2 else lo + u * (hi - lo)
+
+    starts = [(lo + hi) / 2] + [start(k) for k in range(1, restarts)]
     x = torch.cat(starts)  # (restarts * R, n)
     idx = torch.arange(R).repeat(restarts)
     lo_r, hi_r, A_r, b_r = lo[idx], hi[idx], A[idx], b[idx]

@@ -160,8 +160,10 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
             if attack:
                 if restarts is None:
                     restarts = LOW_DIM_RESTARTS if graph.n_inputs <= INPUT_SPLIT_MAX_DIM else 8
+                # vertex starts find more on image networks, fewer on low-dimensional ones (bench/attack.py)
                 hit = pgd_attack(graph, spec, checker, restarts=restarts,
-                                 deadline=deadline and t0 + ATTACK_SHARE * budget)
+                                 deadline=deadline and t0 + ATTACK_SHARE * budget,
+                                 vertices=graph.n_inputs > INPUT_SPLIT_MAX_DIM)
                 log.append(f"attack: {'counterexample' if hit else 'none'} ({time.monotonic() - t0:.2f}s)")
                 if hit is not None:
                     return done("sat", "attack", *hit)
