@@ -43,33 +43,51 @@ def init_alphas(graph: Graph, bounds: Bounds, rows: int, lines: str) -> dict[str
 
 
 def maximise(value: Callable[[], torch.Tensor], params: list[tuple[torch.Tensor, float, float]], iters: int,
-             lr: float) -> torch.Tensor:
+             lr: float, keep: bool = False):
     """Projected Adam ascent of ``value()`` (B, S) over ``params`` (tensor, low, high); every value of the
     parameters in their ranges gives a valid bound, so the best value seen per entry is returned.
-    (Hand-written: torch.optim's first use is slow.)"""
+    ``keep``: the parameters are left at their best values per entry (each tensor's first two dimensions
+    index the entries). (Hand-written: torch.optim's first use is slow.)"""
     leaves = [t for t, _, _ in params]
     with torch.no_grad():
         best = value()
     if not leaves or iters <= 0:
         return best
+    kept = [t.detach().clone() for t in leaves] if keep else []
+
+    def remember(val):
+        nonlocal best
+        better = (val > best).to(val.dtype)  # (B, S): small; the blend below is exact for 0/1
+        best = torch.maximum(best, val)
+        for t, k in zip(leaves if keep else [], kept, strict=True):
+            b = better.reshape(*better.shape, *[1] * (t.dim() - 2))
+            k.mul_(1 - b).add_(t.detach() * b)
+
+    def finish():
+        with torch.no_grad():
+            remember(value())
+            for t, k in zip(leaves if keep else [], kept, strict=True):
+                t.copy_(k)
+        return best
+
     m = [torch.zeros_like(t) for t in leaves]
     v = [torch.zeros_like(t) for t in leaves]
     b1, b2 = 0.9, 0.999
     for it in range(1, iters + 1):
         val = value()
-        best = torch.maximum(best, val.detach())
+        remember(val.detach())
         if not val.requires_grad:  # no parameter reaches the bound (every line it uses is exact)
-            return best
+            return finish()
         grads = torch.autograd.grad(val.sum(), leaves, allow_unused=True)
         with torch.no_grad():
             for (t, lo, hi), g, mt, vt in zip(params, grads, m, v, strict=True):
                 if g is None:
                     continue
+                # (+1e-20: CPU sqrt is ~8x slower on exact zeros, and most entries' gradients are 0)
                 mt.mul_(b1).add_(g, alpha=1 - b1)
                 vt.mul_(b2).addcmul_(g, g, value=1 - b2)
-                t.add_(lr * (mt / (1 - b1**it)) / ((vt / (1 - b2**it)).sqrt() + 1e-8)).clamp_(lo, hi)
-    with torch.no_grad():
-        return torch.maximum(best, value())
+                t.add_(lr * (mt / (1 - b1**it)) / ((vt / (1 - b2**it) + 1e-20).sqrt() + 1e-8)).clamp_(lo, hi)
+    return finish()
 
 
 def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, pre: Bounds | None = None,

@@ -19,6 +19,29 @@ def leaky_relu(l, u, slope: float = 0.0, lines: str = "tight", alpha=None) -> Li
     """
     if lines not in LINES:
         raise ValueError(f"lines must be one of {LINES}, got {lines!r}")
+    if not torch.isfinite((u - l).sum()):  # one float reduction: finite unless some bound is infinite
+        return _leaky_relu_masked(l, u, slope, lines, alpha)
+    # 0/1 masks as floats and blends instead of torch.where: on CPU, ops on bool tensors are several times
+    # slower than float arithmetic, and this runs in every step of every α/β optimisation
+    alive = (l.sign() + 1).clamp(max=1)  # l >= 0
+    dead = (1 - u.sign()).clamp(max=1) * (1 - alive)  # u <= 0 (and not alive)
+    unstable = 1 - alive - dead
+    lc, uc = l.clamp(max=0), u.clamp(min=0)
+    width = (uc - lc).clamp(min=torch.finfo(l.dtype).tiny)
+    chord = (uc - slope * lc) / width
+    ub = -(1.0 - slope) * lc * uc / width  # 0 unless unstable
+    if alpha is not None:
+        unstable_lw = slope + alpha * (1.0 - slope)
+    elif lines == "adaptive":
+        unstable_lw = slope + (u + l).sign().clamp(min=0) * (1.0 - slope)  # z when u > -l, else slope*z
+    else:
+        unstable_lw = torch.full_like(u, slope)
+    exact = alive + slope * dead
+    return LinearBounds(exact + unstable * unstable_lw, torch.zeros_like(ub), exact + unstable * chord, ub)
+
+
+def _leaky_relu_masked(l, u, slope, lines, alpha) -> LinearBounds:
+    """:func:`leaky_relu` where bounds may be infinite (selections, no arithmetic on the infinities)."""
     dead, alive = u <= 0, l >= 0
     unstable = ~(dead | alive)
     width = torch.where(unstable, u - l, torch.ones_like(u))
