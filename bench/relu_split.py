@@ -3,10 +3,12 @@ time limit with HiGHS's MIP presolve on and off.
 
 For each instance (NET:PROP, e.g. 256x4:prop_1_0.03) prints the unstable neurons per ReLU layer under full
 CROWN (tight and adaptive lines intersected) and under ``alpha_bounds``, with the time of each; with
-``--split S`` also ``relu_split`` from each root for S seconds (after attack-free ibp/crown/alpha bounding);
+``--split S`` also ``relu_split`` from each root (``--roots``) with each batch size (``--batch``) for S
+seconds (after attack-free ibp/crown/alpha bounding), with the domains bounded per second;
 with ``--milp S`` the exact MILP under an S-second limit, presolve as chosen by ``build_milp`` and forced on.
 
-    python bench/relu_split.py [--shared ../shared] [--split 40] [--milp 7] [256x4:prop_1_0.03 ...]
+    python bench/relu_split.py [--shared ../shared] [--split 40 [--roots crown,alpha] [--batch 64,1024]]
+        [--milp 7] [--threads 1] [256x4:prop_1_0.03 ...]
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def main():
     ap.add_argument("instances", nargs="*", default=DEFAULT, help="NET:PROP (default: two mnist_fc instances)")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     ap.add_argument("--split", type=float, default=0.0, help="seconds of relu_split from each root (0: skip)")
+    ap.add_argument("--roots", default="crown,alpha", help="roots of --split: crown, alpha or both")
+    ap.add_argument("--batch", default="1024", help="comma-separated batch sizes of --split")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--milp", type=float, default=0.0, help="time limit of the MILP comparison (0: skip)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     d = args.shared / "benchmarks" / "mnist_fc"
     for inst in args.instances:
         net, prop = inst.split(":")
@@ -62,13 +67,17 @@ def main():
                 driver.open_regions(g, spec, m, open_)
             real = bab.alpha_bounds
             cells = []
-            for root in ("crown", "alpha"):
+            for root in args.roots.split(","):
                 bab.alpha_bounds = real if root == "alpha" else (lambda g, lo, hi: crown_bounds(g, lo, hi, "both"))
-                t = time.monotonic()
-                r = bab.relu_split(g, spec, Checker(g, spec), [list(o) for o in open_], deadline=t + args.split)
-                cells.append(f"{root} root: {r.status} after {r.boxes} domains, {time.monotonic() - t:.1f}s")
+                for batch in map(int, args.batch.split(",")):
+                    t = time.monotonic()
+                    r = bab.relu_split(g, spec, Checker(g, spec), [list(o) for o in open_], deadline=t + args.split,
+                                       batch=batch)
+                    dt = time.monotonic() - t
+                    cells.append(f"{root} root, batch {batch}: {r.status} after {r.boxes} domains, {dt:.1f}s "
+                                 f"({r.boxes / dt:.0f}/s)")
             bab.alpha_bounds = real
-            print("  relu_split " + " | ".join(cells), flush=True)
+            print("  relu_split " + "\n  relu_split ".join(cells), flush=True)
         if args.milp:
             cells = []
             for mode in ("as built", "presolve on"):
@@ -85,7 +94,8 @@ def main():
                 milp.build_milp = build
             print(f"  milp, {args.milp:g}s limit: " + " | ".join(cells), flush=True)
     print("rerun: python bench/relu_split.py " + " ".join(args.instances)
-          + (f" --split {args.split:g}" if args.split else "") + (f" --milp {args.milp:g}" if args.milp else ""))
+          + (f" --split {args.split:g} --roots {args.roots} --batch {args.batch}" if args.split else "")
+          + f" --threads {args.threads}" + (f" --milp {args.milp:g}" if args.milp else ""))
 
 
 if __name__ == "__main__":
