@@ -241,8 +241,9 @@ class _SplitBounder:
     """β-CROWN bounds of one region's rows ``C y`` (threshold b) on batches of domains of one box."""
 
     def __init__(self, graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, b: torch.Tensor,
-                 iters: int, lr: float, dtype: torch.dtype = torch.float32):
+                 iters: int, lr: float, rank: str = "crown", dtype: torch.dtype = torch.float32):
         self.graph, self.C, self.b, self.iters, self.lr, self.dtype = graph, C, b, iters, lr, dtype
+        self.rank = rank
         self.pre = relu_inputs(graph)
         self.root = alpha_bounds(graph, lo, hi)
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
@@ -256,9 +257,9 @@ class _SplitBounder:
 
     def bound(self, lower: dict, upper: dict, sign: dict, parent: torch.Tensor | None = None,
               iters: int | None = None) -> _Domains:
-        """Bound every domain given by its ReLU input bounds and split signs; α starts at CROWN's adaptive
-        lines and β at 0. A domain's margin is at least its parent's (``parent``): a child's inputs are a
-        subset of its parent's.
+        """Bound every domain given by its ReLU input bounds and split signs, and pick its next split (see
+        ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0. A domain's margin is at
+        least its parent's (``parent``): a child's inputs are a subset of its parent's.
 
         (Starting from the parent's α or β instead changed which neurons were split, for the worse: on
         mnist_fc 256x4 prop_11_0.05, the parent's α took the first region from 2.6k domains to over 35k,
@@ -290,10 +291,10 @@ class _SplitBounder:
         record: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             final = {n: {k: t.to(A0.dtype) for k, t in a.items()} for n, a in alphas.items()}
-            lb, coeffs = backward(g, g.output_name, A0, bounds, "adaptive", final, True, extra(A0.dtype))
-            # splits are ranked by the coefficients under CROWN's own lines and the optimised β: ranked under
-            # the optimised α, 256x4 prop_11_0.05 took 33k domains where this takes 4.3k
-            backward(g, g.output_name, A0.to(self.dtype), opt, "adaptive", extra=extra(self.dtype), record=record)
+            optimised = record if self.rank == "optimised" else None
+            lb, coeffs = backward(g, g.output_name, A0, bounds, "adaptive", final, True, extra(A0.dtype), optimised)
+            if self.rank == "crown":
+                backward(g, g.output_name, A0.to(self.dtype), opt, "adaptive", extra=extra(self.dtype), record=record)
         lb = widen((lb, lb))[0]
         margin, row = (lb - self.b).max(1)
         if parent is not None:
@@ -345,11 +346,16 @@ class _SplitBounder:
 
 def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
                deadline: float | None = None, batch: int = 1024, iters: int = 10, lr: float = 0.1,
-               memory: float = MEMORY) -> BabResult:
+               memory: float = MEMORY, rank: str = "crown") -> BabResult:
     """Decide the still-open regions by splitting ReLU phases, each region on its own: ``batch`` domains,
     taken depth first, are split per step; past ``memory`` bytes of open domains the search gives up
     (``unknown``). On mnist_fc 256x4 a batch of 1024 bounds 1.2-1.4x the domains per second of a batch of 64
-    (``bench/relu_split.py --batch 64,1024``)."""
+    (``bench/relu_split.py --batch 64,1024``).
+
+    ``rank``: the coefficients that rank a domain's candidate splits (BaBSR-style scores), from a CROWN pass
+    with CROWN's own lines and the optimised β (``"crown"``), or from the bound's own pass with the optimised
+    α (``"optimised"``). The optimised α's coefficients steer the splits badly: on 256x4 prop_11_0.05 they
+    need about 8x the domains (``bench/relu_split.py --rank crown,optimised``)."""
     total = 0
     for ci, case in enumerate(spec.cases):
         lo = torch.tensor(case.box.lower)[None]
@@ -361,7 +367,7 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 hit = checker.check(case.box.center, ci)
                 return BabResult("sat", hit, total) if hit else BabResult("unknown", None, total)
             C, b = torch.tensor(region.A), torch.tensor(region.b)
-            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr)
+            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr, rank)
             stack = [bounder.root_domains()]  # chunks of open domains, the newest last
             total += 1
             while True:
