@@ -54,8 +54,7 @@ def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, li
 
 
 GAIN = 0.05  # a split other than the top-ranked one must improve on it by this share of its score
-MEMORY = 2e9  # bytes of open boxes (with their intermediate bounds) input splitting may hold
-ROOT_ITERS = 3  # ReLU splitting optimises the root domain's α this many times longer (its children start there)
+MEMORY = 2e9  # bytes of open boxes or domains (with their intermediate bounds) branch and bound may hold
 
 
 def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
@@ -253,17 +252,12 @@ class _SplitBounder:
         lower = {p: flat(self.root[p][0]) for p in self.pre}
         upper = {p: flat(self.root[p][1]) for p in self.pre}
         sign = {p: torch.zeros_like(lower[p], dtype=torch.int8) for p in self.pre}
-        return self.bound(lower, upper, sign, iters=ROOT_ITERS * self.iters)
+        return self.bound(lower, upper, sign)
 
-    def bound(self, lower: dict, upper: dict, sign: dict, parent: torch.Tensor | None = None,
-              iters: int | None = None) -> _Domains:
+    def bound(self, lower: dict, upper: dict, sign: dict) -> _Domains:
         """Bound every domain given by its ReLU input bounds and split signs, and pick its next split (see
-        ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0. A domain's margin is at
-        least its parent's (``parent``): a child's inputs are a subset of its parent's.
-
-        (Starting from the parent's α or β instead changed which neurons were split, for the worse: on
-        mnist_fc 256x4 prop_11_0.05, the parent's α took the first region from 2.6k domains to over 35k,
-        the parent's β the second from 9.3k to over 55k.)"""
+        ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from
+        their parent's α or β was tried: it changed which neurons were split, for the worse)."""
         g, D = self.graph, next(iter(lower.values())).shape[0]
         bounds = {k: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:])) for k, (l, u) in self.root.items()}
         for p in self.pre:
@@ -271,7 +265,7 @@ class _SplitBounder:
             bounds[p] = lower[p].reshape(D, *shape), upper[p].reshape(D, *shape)
         S = self.C.shape[0]
         A0 = self.C.reshape(1, S, *g.output_shape).expand(D, -1, *g.output_shape)
-        # α and β are optimised in self.dtype (float32 is ~1.6x faster); the bound is their float64 value
+        # α and β are optimised in self.dtype (float32 is faster); the bound is their float64 value
         opt = {k: (l.to(self.dtype), u.to(self.dtype)) for k, (l, u) in bounds.items()}
         alphas = init_alphas(g, opt, S, "adaptive")
         betas = {p: torch.zeros(D, S, g.nodes[p].size, dtype=self.dtype, requires_grad=True)
@@ -287,7 +281,7 @@ class _SplitBounder:
         params = [(t, 0.0, 1.0) for a in alphas.values() for t in a.values()] + [(t, 0.0, torch.inf)
                                                                               for t in betas.values()]
         with torch.enable_grad():
-            maximise(value, params, self.iters if iters is None else iters, self.lr, keep=True)
+            maximise(value, params, self.iters, self.lr, keep=True)
         record: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             final = {n: {k: t.to(A0.dtype) for k, t in a.items()} for n, a in alphas.items()}
@@ -297,8 +291,6 @@ class _SplitBounder:
                 backward(g, g.output_name, A0.to(self.dtype), opt, "adaptive", extra=extra(self.dtype), record=record)
         lb = widen((lb, lb))[0]
         margin, row = (lb - self.b).max(1)
-        if parent is not None:
-            margin = torch.maximum(margin, parent)
         # next split: the unstable neuron with the largest relaxation gap weighted by its coefficient
         best_score = torch.full((D,), -1.0, dtype=lb.dtype)
         node = torch.full((D,), -1, dtype=torch.long)
@@ -341,7 +333,7 @@ class _SplitBounder:
             upper[p][sel + D, idx] = upper[p][sel + D, idx].clamp(max=0)
             sign[p][sel, idx] = 1
             sign[p][sel + D, idx] = -1
-        return self.bound(lower, upper, sign, torch.cat([d.margin, d.margin]))
+        return self.bound(lower, upper, sign)
 
 
 def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
@@ -375,8 +367,7 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 hit = _check_candidates(graph, checker, ci, C, b, lo, hi, fresh)
                 if hit is not None:
                     return BabResult("sat", hit, total)
-                fresh = fresh.take((fresh.margin <= 0).nonzero().flatten())
-                for k in (fresh.node < 0).nonzero().flatten().tolist():  # every ReLU fixed: the LP is exact
+                for k in ((fresh.margin <= 0) & (fresh.node < 0)).nonzero().flatten().tolist():  # all fixed: LP
                     verdict = bounder.exact(fresh, k, case.box, region)
                     if verdict[0] == "sat":
                         hit = checker.check(verdict[1], ci)
@@ -385,7 +376,8 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                     if verdict[0] != "unsat":
                         return BabResult("unknown", None, total)
                     fresh.margin[k] = torch.inf
-                fresh = fresh.take(torch.argsort(fresh.margin, descending=True)[: int((fresh.margin <= 0).sum())])
+                still = (fresh.margin <= 0).nonzero().flatten()
+                fresh = fresh.take(still[torch.argsort(fresh.margin[still], descending=True)])
                 if len(fresh):
                     stack.append(fresh)  # the worst last: split first
                 if not stack:
