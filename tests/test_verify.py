@@ -24,7 +24,7 @@ from scipy.optimize import linprog
 from veracity.graph import load_onnx
 from veracity.solvers.milp import decide_case, milp_minimum
 from veracity.spec import Box, Case, Region, Spec, load_vnnlib
-from veracity.verify import driver
+from veracity.verify import bab, driver
 from veracity.verify.attack import Checker, pgd_attack
 from veracity.verify.bab import input_split, relu_split
 from veracity.verify.driver import verify
@@ -171,12 +171,20 @@ def test_branch_and_bound_verdicts_equal_exact_milp(flavour):
 
 
 @pytest.mark.parametrize("rank", ["crown", "optimised"])
-def test_relu_split_decides_with_the_exact_lp_once_every_relu_is_fixed(rank):
+def test_relu_split_decides_with_the_exact_lp_once_every_relu_is_fixed(rank, monkeypatch):
     """Without α/β optimisation splitting can run out of unstable neurons before a bound closes: still decided,
-    whichever coefficients rank the splits."""
+    whichever coefficients rank the splits; a domain the exact LP closes leaves the batch, and only it (every
+    domain split is open)."""
+    split = bab._SplitBounder.split
+
+    def open_only(self, d):
+        assert bool((d.margin <= 0).all())
+        return split(self, d)
+
+    monkeypatch.setattr(bab._SplitBounder, "split", open_only)
     for seed in range(60):
-        g, spec = random_problem(seed, nets.mlp(seed, 2, [2], ["relu"], 2))
-        verdict = relu_split(g, spec, Checker(g, spec), iters=0, rank=rank).status
+        g, spec = random_problem(seed, nets.mlp(seed, 2, [2 + seed % 3, 2], ["relu", "relu"], 2))
+        verdict = relu_split(g, spec, Checker(g, spec), iters=0, rank=rank, batch=4).status
         assert verdict == decide_case(g, spec.cases[0])[0], seed
 
 
