@@ -205,16 +205,15 @@ def relu_inputs(graph: Graph) -> list[str]:
 
 @dataclass
 class _Domains:
-    """Sub-problems of one input box: per ReLU input node, bounds and split signs (+1 z >= 0, -1 z <= 0);
-    after bounding, each domain's margin, the neuron to split next and a candidate counterexample."""
+    """Sub-problems of one input box: per ReLU input node, split signs (+1 z >= 0, -1 z <= 0; the bounds
+    are the root's, clamped at the splits); after bounding, each domain's margin, the neuron to split next
+    and a candidate counterexample."""
 
-    lower: dict[str, torch.Tensor]  # (D, size)
-    upper: dict[str, torch.Tensor]
-    sign: dict[str, torch.Tensor]
+    sign: dict[str, torch.Tensor]  # (D, size) int8
     margin: torch.Tensor  # (D,) best lower bound minus threshold over the region's rows (<= 0: open)
     node: torch.Tensor  # (D,) index into the ReLU input nodes of the neuron to split next (-1: none left)
     index: torch.Tensor  # (D,) its flat index
-    coeffs: torch.Tensor  # (D, n_inputs) input coefficients of the worst row's linear bound
+    positive: torch.Tensor  # (D, n_inputs) bool: where the worst row's linear bound grows with the input
 
     def __len__(self):
         return self.margin.shape[0]
@@ -248,17 +247,23 @@ class _SplitBounder:
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
     def root_domains(self) -> _Domains:
-        flat = lambda t: t.reshape(1, -1)  # noqa: E731
-        lower = {p: flat(self.root[p][0]) for p in self.pre}
-        upper = {p: flat(self.root[p][1]) for p in self.pre}
-        sign = {p: torch.zeros_like(lower[p], dtype=torch.int8) for p in self.pre}
-        return self.bound(lower, upper, sign)
+        return self.bound({p: torch.zeros(1, self.graph.nodes[p].size, dtype=torch.int8) for p in self.pre})
 
-    def bound(self, lower: dict, upper: dict, sign: dict) -> _Domains:
+    def limits(self, sign: dict) -> tuple[dict, dict]:
+        """Per ReLU input node, the bounds (D, size) of domains with split signs ``sign``."""
+        lower, upper = {}, {}
+        for p in self.pre:
+            l, u = (t.reshape(1, -1) for t in self.root[p])
+            lower[p] = torch.where(sign[p] > 0, l.clamp(min=0), l)
+            upper[p] = torch.where(sign[p] < 0, u.clamp(max=0), u)
+        return lower, upper
+
+    def bound(self, sign: dict) -> _Domains:
         """Bound every domain given by its ReLU input bounds and split signs, and pick its next split (see
         ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from
         their parent's α or β was tried: it changed which neurons were split, for the worse)."""
-        g, D = self.graph, next(iter(lower.values())).shape[0]
+        g, D = self.graph, next(iter(sign.values())).shape[0]
+        lower, upper = self.limits(sign)
         bounds = {k: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:])) for k, (l, u) in self.root.items()}
         for p in self.pre:
             shape = g.nodes[p].shape
@@ -308,36 +313,33 @@ class _SplitBounder:
             best_score = torch.where(better, s, best_score)
             node = torch.where(better, torch.full_like(node, k), node)
             index = torch.where(better, i, index)
-        return _Domains(lower, upper, sign, margin, node, index, coeffs[rows, row])
+        return _Domains(sign, margin, node, index, coeffs[rows, row] > 0)
 
     def exact(self, d: _Domains, k: int, box, region) -> tuple:
         """Decide region on domain k exactly (by MILP, which has no binaries once every ReLU is fixed)."""
         pre = dict(self.root)
+        lower, upper = self.limits({p: s[k : k + 1] for p, s in d.sign.items()})
         for p in self.pre:
             shape = self.graph.nodes[p].shape
-            pre[p] = d.lower[p][k].reshape(1, *shape), d.upper[p][k].reshape(1, *shape)
+            pre[p] = lower[p].reshape(1, *shape), upper[p].reshape(1, *shape)
         return decide_case(self.graph, Case(box, (region,)), pre=pre)
 
     def split(self, d: _Domains) -> _Domains:
         """Each domain split on its chosen neuron, both halves bounded: the z >= 0 halves, then the z <= 0."""
         D = len(d)
-        lower = {p: torch.cat([v, v]) for p, v in d.lower.items()}
-        upper = {p: torch.cat([v, v]) for p, v in d.upper.items()}
         sign = {p: torch.cat([v, v]) for p, v in d.sign.items()}
         for k, p in enumerate(self.pre):
             sel = (d.node == k).nonzero().flatten()
             if not sel.numel():
                 continue
             idx = d.index[sel]
-            lower[p][sel, idx] = lower[p][sel, idx].clamp(min=0)
-            upper[p][sel + D, idx] = upper[p][sel + D, idx].clamp(max=0)
             sign[p][sel, idx] = 1
             sign[p][sel + D, idx] = -1
-        return self.bound(lower, upper, sign)
+        return self.bound(sign)
 
 
 def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
-               deadline: float | None = None, batch: int = 1024, iters: int = 10, lr: float = 0.1,
+               deadline: float | None = None, batch: int = 1024, iters: int = 15, lr: float = 0.2,
                memory: float = MEMORY, rank: str = "crown") -> BabResult:
     """Decide the still-open regions by splitting ReLU phases, each region on its own: ``batch`` domains,
     taken depth first, are split per step; past ``memory`` bytes of open domains the search gives up
@@ -347,7 +349,14 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
     ``rank``: the coefficients that rank a domain's candidate splits (BaBSR-style scores), from a CROWN pass
     with CROWN's own lines and the optimised β (``"crown"``), or from the bound's own pass with the optimised
     α (``"optimised"``). The optimised α's coefficients steer the splits badly: on 256x4 prop_11_0.05 they
-    need about 8x the domains (``bench/relu_split.py --rank crown,optimised``)."""
+    need about 8x the domains (``bench/relu_split.py --rank crown,optimised``).
+
+    ``iters``, ``lr``: each domain's α/β optimisation. 10 steps of 0.1 sometimes leave β far from its best
+    and the tree grows: 256x2 prop_10_0.05 took 12.6k domains where 15 steps of 0.2 take about 200
+    (``bench/relu_split.py --opt 10:0.1,15:0.2``).
+
+    Domains hold split signs only: no intermediate bound is recomputed after a split, so every domain's
+    bounds are the root's clamped at its splits."""
     total = 0
     for ci, case in enumerate(spec.cases):
         lo = torch.tensor(case.box.lower)[None]
@@ -413,7 +422,7 @@ def _check_candidates(graph, checker, ci, C, b, lo, hi, d: _Domains):
     open_ = (d.margin <= 0).nonzero().flatten()
     if not open_.numel():
         return None
-    x = torch.where(d.coeffs[open_] > 0, lo, hi)
+    x = torch.where(d.positive[open_], lo, hi)
     with torch.no_grad():
         y = graph(x).reshape(x.shape[0], -1)
     inside = (y @ C.T <= b).all(1)
