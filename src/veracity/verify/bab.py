@@ -259,7 +259,7 @@ class _SplitBounder:
         return lower, upper
 
     def bound(self, sign: dict) -> _Domains:
-        """Bound every domain given by its ReLU input bounds and split signs, and pick its next split (see
+        """Bound every domain given by its split signs, and pick its next split (see
         ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from
         their parent's α or β was tried: it changed which neurons were split, for the worse)."""
         g, D = self.graph, next(iter(sign.values())).shape[0]
