@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
+import highspy
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from tests import nets
 from veracity.bounds import bound_spec
 from veracity.bounds.crown import crown_bounds
 from veracity.solvers.lp import Model, lp_bounds, refine_bounds
-from veracity.solvers.milp import milp_bounds
+from veracity.solvers.milp import _set_cost, milp_bounds
 
 
 def _tol(v: torch.Tensor) -> torch.Tensor:
@@ -104,3 +106,35 @@ def test_refinement_tightens_a_deep_net():
     b = lp_bounds(g, lo, hi, refine=True, intersect=False)
     assert torch.all(b[0] >= a[0] - 1e-9) and torch.all(b[1] <= a[1] + 1e-9)
     assert float((b[1] - b[0]).sum()) < float((a[1] - a[0]).sum()) - 1e-6
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("integer", [False, True])
+def test_compact_model_has_the_optimum_of_the_full_one(seed, integer):
+    """``compact=True`` (stable ReLUs as expressions, no variables for pre-activations) changes the model's
+    size, not its optimum: the same LP and MILP minimum, on random small nets of every shape (redrawn until
+    CROWN leaves at most 24 ReLUs unstable, so the MILP takes milliseconds)."""
+    rng = random.Random(seed)
+    while True:
+        recipe = nets.random_spec(rng, piecewise_linear=True)
+        g = nets.build(dataclasses.replace(recipe, width=min(recipe.width, 8 if recipe.kind == "mlp" else 4)))
+        (lo, hi), gen = _box(seed, g.n_inputs, radius=0.5)
+        pre = crown_bounds(g, lo, hi)
+        relu_in = {n.inputs[0] for n in g.nodes.values() if n.op in ("relu", "leaky_relu")}
+        if sum(int(((pre[k][0] < 0) & (pre[k][1] > 0)).sum()) for k in relu_in) <= 24:
+            break
+    pre[g.input_name] = (lo.reshape(1, *g.input_shape), hi.reshape(1, *g.input_shape))
+    c = torch.randn(g.n_outputs, generator=gen, dtype=torch.float64).numpy()
+    values = []
+    for compact in (False, True):
+        m = Model(g, pre, 0, integer=integer, compact=compact).build()
+        cost, off = m.objective(g.output_name, c)
+        if integer:
+            m.h.setOptionValue("mip_rel_gap", 0.0)
+            _set_cost(m, cost)
+            m.h.run()
+            assert m.h.getModelStatus() == highspy.HighsModelStatus.kOptimal
+            values.append(m.h.getInfo().objective_function_value + off)
+        else:
+            values.append(m.minimize(cost, off).value)
+    assert abs(values[0] - values[1]) <= 1e-6 * (1 + abs(values[0])), values

@@ -21,8 +21,9 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from veracity.bounds.crown import crown_bounds
 from veracity.graph import load_onnx
-from veracity.solvers.milp import decide_case, milp_minimum
+from veracity.solvers.milp import NodeRefiner, decide_case, milp_minimum
 from veracity.spec import Box, Case, Region, Spec, load_vnnlib
 from veracity.verify import bab, driver
 from veracity.verify.attack import Checker, pgd_attack
@@ -216,3 +217,23 @@ def test_attack_vertex_starts_leave_a_plateau_that_uniform_starts_stay_on():
     assert pgd_attack(g, spec, checker, restarts=4, vertices=False) is None
     x, y = pgd_attack(g, spec, checker, restarts=4)
     assert_witness(spec, x, y, g)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_milp_refined_bounds_contain_activations_and_tighten(seed):
+    """``NodeRefiner``: every ReLU input node refined in turn (as the driver's refine stage does) keeps every
+    sampled activation inside, and is never looser than the bounds it started from."""
+    g, spec = random_problem(seed, maxpool=False)
+    case = spec.cases[0]
+    lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
+    pre = crown_bounds(g, lo, hi)
+    refiner = NodeRefiner(g, lo, hi, pre, solve_limit=5.0)
+    x = nets.sample_box(torch.Generator().manual_seed(seed), lo[0], hi[0], n=2000)
+    with torch.no_grad():
+        vals = g.forward_all(x)
+    for p in bab.relu_inputs(g):
+        l, u = refiner.refine(p)
+        pl, pu = (t.reshape(-1).numpy() for t in pre[p])
+        assert np.all(l >= pl - 1e-12) and np.all(u <= pu + 1e-12), p
+        v = vals[p].reshape(x.shape[0], -1).numpy()
+        assert np.all(v >= l - 1e-9) and np.all(v <= u + 1e-9), p

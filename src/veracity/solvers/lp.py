@@ -161,10 +161,13 @@ class Model:
     """
 
     def __init__(self, graph: Graph, bounds: Bounds, box: int = 0, encoders: dict[str, Encoder] | None = None,
-                 integer: bool = False, time_limit: float | None = None, threads: int | None = None):
+                 integer: bool = False, time_limit: float | None = None, threads: int | None = None,
+                 compact: bool = False):
         self.graph = graph
         self.integer = integer
+        self.compact = compact
         self.encoders: dict[str, Encoder] = {**DEFAULT_ENCODERS, **(encoders or {})}
+        self._custom = set(encoders or {})
         bounds = complete_bounds(graph, bounds)
         self.lower: dict[str, np.ndarray] = {}
         self.upper: dict[str, np.ndarray] = {}
@@ -189,10 +192,12 @@ class Model:
         self._exprs: dict[str, tuple[sp.csr_matrix, np.ndarray]] = {}
         self._cost_idx = np.zeros(0, dtype=np.int32)
         consumers = graph.consumers()
+        relu = ("relu", "leaky_relu")
         self._materialise = {
             name for name, n in graph.nodes.items()
             if ops.OPS[n.op].linear and name != graph.output_name
             and (len(consumers[name]) != 1 or any(not ops.OPS[graph.nodes[c].op].linear for c in consumers[name]))
+            and not (compact and all(graph.nodes[c].op in relu for c in consumers[name]))
         }
         self.added: list[str] = []
 
@@ -351,6 +356,8 @@ class Model:
             self._exprs[name] = (sp.csr_matrix(M), c)
             if name in self._materialise:
                 self.var(name)
+        elif self.compact and n.op in ("relu", "leaky_relu") and n.op not in self._custom:
+            self._relu_expr(n)
         else:
             enc = self.encoders.get(n.op)
             if enc is None:
@@ -368,6 +375,47 @@ class Model:
             out = self.add_cols(self.lower[name], self.upper[name])
             self.vars[name] = out
             enc(self, n, ins, out)
+
+    def _relu_expr(self, n: Node) -> None:
+        """``compact``: a ReLU/LeakyReLU node as an expression. Stable neurons are their input's expression
+        (or its ``slope`` multiple); only unstable ones get a variable, tied to the input's expression by
+        the rows of :func:`encode_relu` (no variables for the input, no rows for stable neurons)."""
+        (i,) = n.inputs
+        a = float(n.params.get("alpha", 0.0)) if n.op == "leaky_relu" else 0.0
+        M, c = self.expr(i)
+        l, u = self.lower[i], self.upper[i]
+        alive, dead = l >= 0, u <= 0
+        unstable = np.nonzero(~(alive | dead))[0]
+        scale = np.where(alive, 1.0, np.where(dead, a, 0.0))
+        lo = np.where(alive | dead, np.where(alive, 1.0, a) * l, a * l)
+        hi = np.where(alive | dead, np.where(alive, 1.0, a) * u, u)
+        self.lower[n.name] = np.maximum(self.lower[n.name], np.minimum(lo, hi))
+        self.upper[n.name] = np.maximum(self.lower[n.name], np.minimum(self.upper[n.name], np.maximum(lo, hi)))
+        y = self.add_cols(self.lower[n.name][unstable], self.upper[n.name][unstable])
+        m = y.size
+        if m:
+            Mu, cu, lu, uu = M[unstable], c[unstable], l[unstable], u[unstable]
+            Mu.resize(m, self.n_cols)
+            Y = sp.csr_matrix((np.ones(m), (np.arange(m), y)), shape=(m, self.n_cols))
+            self.add_rows(Y - Mu, cu, INF)  # y >= z
+            self.add_rows(Y - a * Mu, a * cu, INF)  # y >= a z
+            if self.integer:
+                d = self.add_cols(np.zeros(m), np.ones(m), integer=True)
+                Y.resize(m, self.n_cols)
+                Mu.resize(m, self.n_cols)
+                D = sp.csr_matrix((np.ones(m), (np.arange(m), d)), shape=(m, self.n_cols))
+                # y <= z - (1-a) l (1-d) and y <= a z + (1-a) u d
+                self.add_rows(Y - Mu - D.multiply((1 - a) * lu[:, None]), -INF, cu - (1 - a) * lu)
+                self.add_rows(Y - a * Mu - D.multiply((1 - a) * uu[:, None]), -INF, a * cu)
+            else:
+                k = (uu - a * lu) / (uu - lu)
+                b = -(1 - a) * lu * uu / (uu - lu)
+                self.add_rows(Y - Mu.multiply(k[:, None]), -INF,
+                              k * cu + b + ROW_SLACK * (1 + np.abs(lu) + np.abs(uu) + np.abs(b)))
+        M = sp.diags(scale) @ M
+        M.resize(M.shape[0], self.n_cols)
+        M = M + sp.csr_matrix((np.ones(m), (unstable, y)), shape=M.shape)
+        self._exprs[n.name] = (sp.csr_matrix(M), scale * c)
 
     def tighten(self, name: str, lower: np.ndarray, upper: np.ndarray) -> None:
         """Intersect node ``name``'s bounds with sound new ones (and its variables' bounds, if it has any)."""

@@ -169,6 +169,76 @@ def milp_bounds(graph: Graph, lower, upper, C, pre: Bounds | None = None, refine
     return lo, hi
 
 
+class NodeRefiner:
+    """Exact bounds of intermediate nodes by MILP, one node at a time, over one box (α,β-CROWN's
+    MILP-refined intermediate bounds): the model holds the graph up to the node being refined, every
+    unstable ReLU before it with a binary, so each solve's dual bound is a bound of the node over the box.
+
+    Each element gets a minimisation and (unless that already shows it is >= 0) a maximisation, each
+    under ``solve_limit`` seconds; a solve stopped by its limit still gives HiGHS's dual bound, which is
+    lowered by ``UNSAT_MARGIN`` (relative) for the solver's tolerances, like every MILP bound here.
+    """
+
+    def __init__(self, graph: Graph, lower, upper, bounds: Bounds, solve_limit: float = 1.0):
+        _check_graph(graph, None)
+        lo, hi = _box(graph, lower, upper)
+        pre = dict(bounds)
+        pre[graph.input_name] = (lo.reshape(1, *graph.input_shape), hi.reshape(1, *graph.input_shape))
+        self.m = Model(graph, pre, 0, integer=True, compact=True)
+        self.m.h.setOptionValue("threads", 1)
+        self.solve_limit = solve_limit
+        self.solves = 0
+
+    def tighten(self, bounds: Bounds) -> None:
+        """Intersect the bounds the model holds (and will use for nodes not yet added) with ``bounds``."""
+        for k, (lo, hi) in bounds.items():
+            if k in self.m.lower:
+                self.m.tighten(k, lo.reshape(-1).double().numpy(), hi.reshape(-1).double().numpy())
+
+    def refine(self, name: str, deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds (flat float64) of node ``name``: those held, tightened by MILP at the elements they leave
+        unstable (widest first), until ``deadline``."""
+        m = self.m
+        for k in m.graph.nodes:
+            if k not in m.added:
+                m.add_node(k)
+            if k == name:
+                break
+        limit_presolve(m)
+        M, c0 = m.expr(name)
+        lo, hi = m.lower[name].copy(), m.upper[name].copy()
+        todo = np.nonzero((lo < 0) & (hi > 0))[0]
+        todo = todo[np.argsort(-np.minimum(-lo[todo], hi[todo]), kind="stable")]
+        for e in todo.tolist():
+            for sign in (1.0, -1.0):
+                left = math.inf if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    break
+                m.h.setOptionValue("time_limit", max(1e-3, min(self.solve_limit, left)))
+                self.solves += 1
+                if not any(m.integrality):  # no unstable ReLU before the node: an LP, certificate-backed
+                    b = m.minimize(sign * M[e], sign * c0[e]).bound
+                    if math.isfinite(b):
+                        lo[e], hi[e] = (max(lo[e], b), hi[e]) if sign > 0 else (lo[e], min(hi[e], -b))
+                    continue
+                _set_cost(m, sign * M[e])
+                m.h.run()
+                if _status(m) not in ("optimal", "time_limit"):
+                    continue
+                b = m.h.getInfo().mip_dual_bound + sign * c0[e]
+                if not math.isfinite(b):
+                    continue
+                b -= UNSAT_MARGIN * (1 + abs(b))
+                if sign > 0:
+                    lo[e] = max(lo[e], b)
+                    if lo[e] >= 0:
+                        break
+                else:
+                    hi[e] = min(hi[e], -b)
+        m.tighten(name, lo, hi)
+        return m.lower[name], m.upper[name]
+
+
 def _set_cost(m: Model, cost) -> None:
     c = np.asarray(sp.csr_matrix(cost).todense()).reshape(-1) if sp.issparse(cost) else np.asarray(cost)
     full = np.zeros(m.n_cols)
@@ -239,5 +309,5 @@ def _decide_region(graph: Graph, m: Model, A: np.ndarray, b: np.ndarray) -> tupl
     return ("unknown",)
 
 
-__all__ = ["Minimum", "UNSAT_MARGIN", "build_milp", "decide_case", "limit_presolve", "milp_bounds", "milp_minimum",
-           "supports", "target_region"]
+__all__ = ["Minimum", "NodeRefiner", "UNSAT_MARGIN", "build_milp", "decide_case", "limit_presolve", "milp_bounds",
+           "milp_minimum", "supports", "target_region"]

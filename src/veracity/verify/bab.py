@@ -239,11 +239,12 @@ class _SplitBounder:
     """β-CROWN bounds of one region's rows ``C y`` (threshold b) on batches of domains of one box."""
 
     def __init__(self, graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, b: torch.Tensor,
-                 iters: int, lr: float, rank: str = "crown", dtype: torch.dtype = torch.float32):
+                 iters: int, lr: float, rank: str = "crown", dtype: torch.dtype = torch.float32,
+                 root: dict | None = None):
         self.graph, self.C, self.b, self.iters, self.lr, self.dtype = graph, C, b, iters, lr, dtype
         self.rank = rank
         self.pre = relu_inputs(graph)
-        self.root = alpha_bounds(graph, lo, hi)
+        self.root = alpha_bounds(graph, lo, hi) if root is None else root
         self.root_opt = {k: (l.to(dtype), u.to(dtype)) for k, (l, u) in self.root.items()}
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
@@ -344,7 +345,7 @@ class _SplitBounder:
 
 def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
                deadline: float | None = None, batch: int = 1024, iters: int = 15, lr: float = 0.2,
-               memory: float = MEMORY, rank: str = "crown") -> BabResult:
+               memory: float = MEMORY, rank: str = "crown", roots: dict | None = None) -> BabResult:
     """Decide the still-open regions by splitting ReLU phases, each region on its own: ``batch`` domains,
     taken depth first, are split per step; past ``memory`` bytes of open domains the search gives up
     (``unknown``). On mnist_fc 256x4 a batch of 1024 bounds 1.2-1.4x the domains per second of a batch of 64
@@ -360,7 +361,8 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
     (``bench/relu_split.py --opt 10:0.1,15:0.2``).
 
     Domains hold split signs only: no intermediate bound is recomputed after a split, so every domain's
-    bounds are the root's clamped at its splits."""
+    bounds are the root's clamped at its splits. The root's bounds are ``roots[case]`` where given (e.g.
+    MILP-refined), else α-CROWN's (``alpha_bounds``)."""
     total = 0
     for ci, case in enumerate(spec.cases):
         lo = torch.tensor(case.box.lower)[None]
@@ -372,7 +374,7 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 hit = checker.check(case.box.center, ci)
                 return BabResult("sat", hit, total) if hit else BabResult("unknown", None, total)
             C, b = torch.tensor(region.A), torch.tensor(region.b)
-            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr, rank)
+            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr, rank, root=(roots or {}).get(ci))
             stack = [bounder.root_domains()]  # chunks of open domains, the newest last
             total += 1
             while True:

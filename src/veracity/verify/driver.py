@@ -9,6 +9,12 @@ then the exact MILP for piecewise-linear networks. A network with at most ``MILP
 ReLUs in every open case goes to the MILP straight away (it decides such problems in milliseconds, where
 splitting can take long near the decision boundary); otherwise branch and bound gets ``BAB_SHARE`` of the
 time left and the MILP the rest.
+
+ReLU splitting under a timeout first runs from α-CROWN's intermediate bounds for ``FIRST_SPLIT_SHARE`` of the
+time left (this closes the easier instances in seconds); if that does not decide, the intermediate bounds
+are tightened by MILP (``refine_stage``, ``REFINE_SHARE`` of the time left), and splitting and the MILP
+start again from them. On mnist_fc 256x4 prop_14_0.05 the tightened bounds of the second layer alone
+moved the worst root margin from -1.80 to +0.05.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from veracity.bounds import bound_spec
-from veracity.bounds.crown import crown_bounds
+from veracity.bounds import bound_spec, widen
+from veracity.bounds.alpha import alpha_bounds, alpha_crown
+from veracity.bounds.crown import crown_bounds, ibp_exact
+from veracity.bounds.ibp import Bounds
 from veracity.graph.ir import Graph
 from veracity.solvers import milp
 from veracity.spec.core import Case, Spec
@@ -37,6 +45,9 @@ DEFAULT_METHODS = ("ibp", "crown", "alpha")  # "cegar" may be added (sigmoid/tan
 INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
 LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, and finds narrow regions)
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
+FIRST_SPLIT_SHARE = 0.1  # of the time left, for ReLU splitting from α-CROWN's bounds before MILP refinement
+REFINE_SHARE = 0.5  # of the time left after that, for MILP-refined intermediate bounds
+REFINE_SOLVE_LIMIT = 1.0  # seconds per MILP of one bound of one neuron
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 BUDGET_SHARE = 0.97  # of the timeout the methods may use
 ATTACK_SHARE = 0.1  # of the budget the first attack may use (its restarts are many where inputs are few)
@@ -105,8 +116,10 @@ def max_unstable(graph: Graph, spec: Spec, open_: list[list[bool]]) -> int:
     return int(count.max())
 
 
-def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]], deadline: float | None):
-    """Decide the open regions by the exact MILP: ("sat", (x, y)), ("unsat", None) or ("unknown", None)."""
+def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]], deadline: float | None,
+               roots: dict[int, Bounds] | None = None):
+    """Decide the open regions by the exact MILP: ("sat", (x, y)), ("unsat", None) or ("unknown", None).
+    ``roots``: intermediate bounds per case (default: full CROWN, tight and adaptive lines)."""
     for ci, case in enumerate(spec.cases):
         regions = tuple(r for r, f in zip(case.regions, open_[ci], strict=True) if f)
         if not regions:
@@ -115,8 +128,8 @@ def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
         if left is not None and left <= 0:
             return "unknown", None
         lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
-        verdict = milp.decide_case(graph, Case(case.box, regions), pre=crown_bounds(graph, lo, hi, "both"),
-                                   time_limit=left)
+        pre = (roots or {}).get(ci) or crown_bounds(graph, lo, hi, "both")
+        verdict = milp.decide_case(graph, Case(case.box, regions), pre=pre, time_limit=left)
         if verdict[0] == "sat":
             hit = checker.check(verdict[1], ci)
             if hit is not None:
@@ -125,6 +138,53 @@ def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
             return "unknown", None
         open_[ci] = [False] * len(case.regions)
     return "unsat", None
+
+
+def refine_stage(graph: Graph, spec: Spec, open_: list[list[bool]], deadline: float,
+                 solve_limit: float = REFINE_SOLVE_LIMIT) -> dict[int, Bounds]:
+    """Intermediate bounds of each case with open regions, tightened by MILP (``milp.NodeRefiner``) node by
+    node until ``deadline``: after each node, every later node's bounds are recomputed by α-CROWN from the
+    refined ones, and the open regions are bounded again (those proven are closed in ``open_``). Returns
+    the bounds per case (for ReLU splitting and the MILP)."""
+    roots = {}
+    exact = ibp_exact(graph)
+    for ci, case in enumerate(spec.cases):
+        if not any(open_[ci]):
+            continue
+        lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
+        bounds = alpha_bounds(graph, lo, hi)
+        refiner = milp.NodeRefiner(graph, lo, hi, bounds, solve_limit)
+        for p in relu_inputs(graph):
+            if time.monotonic() > deadline or not any(open_[ci]):
+                break
+            if p in exact:  # an affine map of the box: its interval is exact already
+                continue
+            l, u = refiner.refine(p, deadline)
+            shape = bounds[p][0].shape
+            bounds[p] = torch.from_numpy(l).reshape(shape), torch.from_numpy(u).reshape(shape)
+            bounds = alpha_bounds(graph, lo, hi, pre=bounds)
+            refiner.tighten(bounds)
+            _close(graph, spec, ci, open_, bounds)
+        roots[ci] = bounds
+    return roots
+
+
+def _close(graph: Graph, spec: Spec, ci: int, open_: list[list[bool]], bounds: Bounds) -> None:
+    """Bound case ci's open regions by α-CROWN over intermediate bounds ``bounds``; close those proven."""
+    case = spec.cases[ci]
+    lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
+    regions = [j for j, f in enumerate(open_[ci]) if f and case.regions[j].A.shape[0]]
+    if not regions:
+        return
+    C = torch.tensor(np.concatenate([case.regions[j].A for j in regions]))[None]
+    with torch.enable_grad():
+        lb = widen(alpha_crown(graph, lo, hi, C, pre=bounds, lines="adaptive"))[0][0].detach().numpy()
+    start = 0
+    for j in regions:
+        m = case.regions[j].A.shape[0]
+        if np.any(lb[start : start + m] > case.regions[j].b):
+            open_[ci][j] = False
+        start += m
 
 
 def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
@@ -191,13 +251,26 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                 return done("unknown", message=f"{n_open} region(s) not proven by {', '.join(methods)}"
                             + (f" ({note})" if note else ""))
             exact = milp.supports(graph)
+            roots = None
             if not (exact and max_unstable(graph, spec, open_) <= MILP_FIRST_UNSTABLE):
-                name, fn = (("input-split", input_split) if graph.n_inputs <= INPUT_SPLIT_MAX_DIM
-                            else ("relu-split", relu_split))
+                relu = graph.n_inputs > INPUT_SPLIT_MAX_DIM
+                name, fn = ("relu-split", relu_split) if relu else ("input-split", input_split)
+                if relu and exact and deadline is not None:  # a short search first, then MILP-refined bounds
+                    r = relu_split(graph, spec, checker, open_,
+                                   deadline=time.monotonic() + FIRST_SPLIT_SHARE * (deadline - time.monotonic()))
+                    log.append(f"{name}: {r.status} after {r.boxes} sub-problems ({time.monotonic() - t0:.2f}s)")
+                    if r.status in ("sat", "unsat"):
+                        return done(r.status, name, *(r.witness or ()))
+                    roots = refine_stage(graph, spec, open_,
+                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()))
+                    n_open = sum(map(sum, open_))
+                    log.append(f"milp-refine: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
+                    if n_open == 0:
+                        return done("unsat", "milp-refine")
                 share = deadline
                 if exact and deadline is not None:
                     share = time.monotonic() + BAB_SHARE * (deadline - time.monotonic())
-                r = fn(graph, spec, checker, open_, deadline=share)
+                r = fn(graph, spec, checker, open_, deadline=share, **({"roots": roots} if roots else {}))
                 log.append(f"{name}: {r.status} after {r.boxes} sub-problems ({time.monotonic() - t0:.2f}s)")
                 if r.status == "sat":
                     return done("sat", name, *r.witness)
@@ -205,7 +278,7 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     return done("unsat", name)
                 if not exact:
                     return done(r.status)
-            status, witness = milp_stage(graph, spec, checker, open_, deadline)
+            status, witness = milp_stage(graph, spec, checker, open_, deadline, roots)
             log.append(f"milp: {status} ({time.monotonic() - t0:.2f}s)")
             if status == "sat":
                 return done("sat", "milp", *witness)
