@@ -237,3 +237,23 @@ def test_milp_refined_bounds_contain_activations_and_tighten(seed):
         assert np.all(l >= pl - 1e-12) and np.all(u <= pu + 1e-12), p
         v = vals[p].reshape(x.shape[0], -1).numpy()
         assert np.all(v >= l - 1e-9) and np.all(v <= u + 1e-9), p
+
+
+def test_driver_verdicts_through_the_refine_stage_equal_exact_milp(monkeypatch):
+    """ReLU splitting forced (no input splitting, no MILP first) with no time for the first split: what the
+    root's bounds and first candidates leave open is decided after the MILP refine stage, by it, by
+    splitting or by the MILP over its bounds; every verdict equals the exact MILP's."""
+    monkeypatch.setattr(driver, "INPUT_SPLIT_MAX_DIM", 0)
+    monkeypatch.setattr(driver, "MILP_FIRST_UNSTABLE", -1)
+    monkeypatch.setattr(driver, "FIRST_SPLIT_SHARE", 0.0)
+    counts = {"sat": 0, "unsat": 0, "refined": 0}
+    for seed in range(80):
+        g, spec = random_problem(seed)
+        exact = decide_case(g, spec.cases[0])[0]
+        res = verify(g, spec, timeout=30, attack=False)
+        assert res.status == exact, (seed, res.status, res.method, res.log)
+        counts["refined"] += any(line.startswith("milp-refine") for line in res.log)
+        if exact == "sat":
+            assert_witness(spec, res.x, res.y, g)
+        counts[exact] += 1
+    assert min(counts.values()) >= 10, counts

@@ -218,17 +218,15 @@ class NodeRefiner:
                 self.solves += 1
                 if not any(m.integrality):  # no unstable ReLU before the node: an LP, certificate-backed
                     b = m.minimize(sign * M[e], sign * c0[e]).bound
-                    if math.isfinite(b):
-                        lo[e], hi[e] = (max(lo[e], b), hi[e]) if sign > 0 else (lo[e], min(hi[e], -b))
-                    continue
-                _set_cost(m, sign * M[e])
-                m.h.run()
-                if _status(m) not in ("optimal", "time_limit"):
-                    continue
-                b = m.h.getInfo().mip_dual_bound + sign * c0[e]
+                else:
+                    _set_cost(m, sign * M[e])
+                    m.h.run()
+                    if _status(m) not in ("optimal", "time_limit"):
+                        continue
+                    b = m.h.getInfo().mip_dual_bound + sign * c0[e]
+                    b -= UNSAT_MARGIN * (1 + abs(b))
                 if not math.isfinite(b):
                     continue
-                b -= UNSAT_MARGIN * (1 + abs(b))
                 if sign > 0:
                     lo[e] = max(lo[e], b)
                     if lo[e] >= 0:

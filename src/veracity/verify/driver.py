@@ -13,8 +13,9 @@ time left and the MILP the rest.
 ReLU splitting under a timeout first runs from α-CROWN's intermediate bounds for ``FIRST_SPLIT_SHARE`` of the
 time left (this closes the easier instances in seconds); if that does not decide, the intermediate bounds
 are tightened by MILP (``refine_stage``, ``REFINE_SHARE`` of the time left), and splitting and the MILP
-start again from them. On mnist_fc 256x4 prop_14_0.05 the tightened bounds of the second layer alone
-moved the worst root margin from -1.80 to +0.05.
+start again from them. On mnist_fc 256x4 prop_14_0.05, 190 s of refinement moved the worst root margin
+from -1.80 to +0.035; splitting from α-CROWN's root did not close it in 60 s (``python bench/relu_split.py
+256x4:prop_14_0.05 --refine 200 --split 60 --roots alpha``).
 """
 
 from __future__ import annotations
@@ -91,14 +92,20 @@ def open_regions(graph: Graph, spec: Spec, method: str, open_: list[list[bool]],
     lo, _ = bound_spec(graph, lower, upper, C, method=method, lines=lines)
     lo = lo.detach().numpy()
     for k, ci in enumerate(todo):
-        start = 0
-        for j, region in enumerate(spec.cases[ci].regions):
-            if not open_[ci][j]:
-                continue
-            m = region.A.shape[0]
-            if m and np.any(lo[k, start : start + m] > region.b):
-                open_[ci][j] = False
-            start += m
+        _mark_closed(spec, ci, open_, lo[k])
+
+
+def _mark_closed(spec: Spec, ci: int, open_: list[list[bool]], lb: np.ndarray) -> None:
+    """Close case ci's open regions with a row whose lower bound (``lb``: the open regions' rows, in
+    order) exceeds its threshold."""
+    start = 0
+    for j, region in enumerate(spec.cases[ci].regions):
+        if not open_[ci][j]:
+            continue
+        m = region.A.shape[0]
+        if m and np.any(lb[start : start + m] > region.b):
+            open_[ci][j] = False
+        start += m
 
 
 def max_unstable(graph: Graph, spec: Spec, open_: list[list[bool]]) -> int:
@@ -173,18 +180,12 @@ def _close(graph: Graph, spec: Spec, ci: int, open_: list[list[bool]], bounds: B
     """Bound case ci's open regions by α-CROWN over intermediate bounds ``bounds``; close those proven."""
     case = spec.cases[ci]
     lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
-    regions = [j for j, f in enumerate(open_[ci]) if f and case.regions[j].A.shape[0]]
-    if not regions:
-        return
-    C = torch.tensor(np.concatenate([case.regions[j].A for j in regions]))[None]
-    with torch.enable_grad():
-        lb = widen(alpha_crown(graph, lo, hi, C, pre=bounds, lines="adaptive"))[0][0].detach().numpy()
-    start = 0
-    for j in regions:
-        m = case.regions[j].A.shape[0]
-        if np.any(lb[start : start + m] > case.regions[j].b):
-            open_[ci][j] = False
-        start += m
+    rows = [r.A for r, f in zip(case.regions, open_[ci], strict=True) if f]
+    C = torch.tensor(np.concatenate(rows))[None]
+    if C.shape[1]:
+        with torch.enable_grad():
+            lb = widen(alpha_crown(graph, lo, hi, C, pre=bounds, lines="adaptive"))[0][0].detach().numpy()
+        _mark_closed(spec, ci, open_, lb)
 
 
 def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequence[str] = DEFAULT_METHODS,
