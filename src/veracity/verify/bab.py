@@ -383,6 +383,8 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 if hit is not None:
                     return BabResult("sat", hit, total)
                 for k in ((fresh.margin <= 0) & (fresh.node < 0)).nonzero().flatten().tolist():  # all fixed: LP
+                    if deadline is not None and time.monotonic() > deadline:  # one LP each: many can be slow
+                        return BabResult("timeout", None, total)
                     verdict = bounder.exact(fresh, k, case.box, region)
                     if verdict[0] == "sat":
                         hit = checker.check(verdict[1], ci)
