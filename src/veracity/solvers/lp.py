@@ -379,7 +379,7 @@ class Model:
     def _relu_expr(self, n: Node) -> None:
         """``compact``: a ReLU/LeakyReLU node as an expression. Stable neurons are their input's expression
         (or its ``slope`` multiple); only unstable ones get a variable, tied to the input's expression by
-        the rows of :func:`encode_relu` (no variables for the input, no rows for stable neurons)."""
+        the rows of :func:`_unstable_relu_rows` (no variables for the input, no rows for stable neurons)."""
         (i,) = n.inputs
         a = float(n.params.get("alpha", 0.0)) if n.op == "leaky_relu" else 0.0
         M, c = self.expr(i)
@@ -393,25 +393,7 @@ class Model:
         self.upper[n.name] = np.maximum(self.lower[n.name], np.minimum(self.upper[n.name], np.maximum(lo, hi)))
         y = self.add_cols(self.lower[n.name][unstable], self.upper[n.name][unstable])
         m = y.size
-        if m:
-            Mu, cu, lu, uu = M[unstable], c[unstable], l[unstable], u[unstable]
-            Mu.resize(m, self.n_cols)
-            Y = sp.csr_matrix((np.ones(m), (np.arange(m), y)), shape=(m, self.n_cols))
-            self.add_rows(Y - Mu, cu, INF)  # y >= z
-            self.add_rows(Y - a * Mu, a * cu, INF)  # y >= a z
-            if self.integer:
-                d = self.add_cols(np.zeros(m), np.ones(m), integer=True)
-                Y.resize(m, self.n_cols)
-                Mu.resize(m, self.n_cols)
-                D = sp.csr_matrix((np.ones(m), (np.arange(m), d)), shape=(m, self.n_cols))
-                # y <= z - (1-a) l (1-d) and y <= a z + (1-a) u d
-                self.add_rows(Y - Mu - D.multiply((1 - a) * lu[:, None]), -INF, cu - (1 - a) * lu)
-                self.add_rows(Y - a * Mu - D.multiply((1 - a) * uu[:, None]), -INF, a * cu)
-            else:
-                k = (uu - a * lu) / (uu - lu)
-                b = -(1 - a) * lu * uu / (uu - lu)
-                self.add_rows(Y - Mu.multiply(k[:, None]), -INF,
-                              k * cu + b + ROW_SLACK * (1 + np.abs(lu) + np.abs(uu) + np.abs(b)))
+        _unstable_relu_rows(self, y, M[unstable], c[unstable], l[unstable], u[unstable], a)
         M = sp.diags(scale) @ M
         M.resize(M.shape[0], self.n_cols)
         M = M + sp.csr_matrix((np.ones(m), (unstable, y)), shape=M.shape)
@@ -524,23 +506,34 @@ def encode_relu(model: Model, node: Node, ins: list[np.ndarray], out: np.ndarray
     model.pairs(y[dead], 1.0, z[dead], -a, 0.0, 0.0)
     if not unstable.any():
         return
-    yu, zu, lu, uu = y[unstable], z[unstable], l[unstable], u[unstable]
-    model.pairs(yu, 1.0, zu, -1.0, 0.0, INF)  # y >= z
-    model.pairs(yu, 1.0, zu, -a, 0.0, INF)  # y >= a z
-    if not model.integer:
-        k = (uu - a * lu) / (uu - lu)
-        b = -(1 - a) * lu * uu / (uu - lu)
-        model.pairs(yu, 1.0, zu, -k, -INF, b + ROW_SLACK * (1 + np.abs(lu) + np.abs(uu) + np.abs(b)))
+    zu = z[unstable]
+    m = zu.size
+    Z = sp.csr_matrix((np.ones(m), (np.arange(m), zu)), shape=(m, model.n_cols))
+    _unstable_relu_rows(model, y[unstable], Z, np.zeros(m), l[unstable], u[unstable], a)
+
+
+def _unstable_relu_rows(model: Model, y: np.ndarray, Mz, cz: np.ndarray, l: np.ndarray, u: np.ndarray,
+                        a: float) -> None:
+    """Rows tying unstable ReLU/LeakyReLU outputs (columns ``y``) to their inputs ``z = Mz v + cz``, whose
+    bounds ``l < 0 < u``: ``y >= z`` and ``y >= a z``, then the triangle's upper side, or on an integer
+    model a binary d each and ``y <= z - (1-a) l (1-d)``, ``y <= a z + (1-a) u d``."""
+    m = y.size
+    d = model.add_cols(np.zeros(m), np.ones(m), integer=True) if model.integer else None
+    n = model.n_cols
+    Mz = sp.csr_matrix(Mz, dtype=np.float64, copy=True)
+    Mz.resize(m, n)
+    Y = sp.csr_matrix((np.ones(m), (np.arange(m), y)), shape=(m, n))
+    model.add_rows(Y - Mz, cz, INF)  # y >= z
+    model.add_rows(Y - a * Mz, a * cz, INF)  # y >= a z
+    if d is None:
+        k = (u - a * l) / (u - l)
+        b = -(1 - a) * l * u / (u - l)
+        slack = ROW_SLACK * (1 + np.abs(l) + np.abs(u) + np.abs(b))
+        model.add_rows(Y - Mz.multiply(k[:, None]), -INF, k * cz + b + slack)
         return
-    d = model.add_cols(np.zeros(yu.size), np.ones(yu.size), integer=True)
-    m = yu.size
-    r = np.arange(m)
-    # y <= z - (1-a) l (1 - d)   <=>   y - z - (1-a) l d <= -(1-a) l
-    model.add_coo(np.concatenate([r, r, r]), np.concatenate([yu, zu, d]),
-                  np.concatenate([np.ones(m), -np.ones(m), -(1 - a) * lu]), np.full(m, -INF), -(1 - a) * lu)
-    # y <= a z + (1-a) u d
-    model.add_coo(np.concatenate([r, r, r]), np.concatenate([yu, zu, d]),
-                  np.concatenate([np.ones(m), np.full(m, -a), -(1 - a) * uu]), np.full(m, -INF), np.zeros(m))
+    D = sp.csr_matrix((np.ones(m), (np.arange(m), d)), shape=(m, n))
+    model.add_rows(Y - Mz - D.multiply((1 - a) * l[:, None]), -INF, cz - (1 - a) * l)
+    model.add_rows(Y - a * Mz - D.multiply((1 - a) * u[:, None]), -INF, a * cz)
 
 
 def encode_s_shaped(model: Model, node: Node, ins: list[np.ndarray], out: np.ndarray) -> None:
