@@ -214,7 +214,21 @@ def test_attack_vertex_starts_leave_a_plateau_that_uniform_starts_stay_on():
     out.params.update(W=torch.ones(1, 20, dtype=torch.float64), b=torch.zeros(1, dtype=torch.float64))
     spec = Spec((Case(Box(np.zeros(20), np.ones(20)), (Region(np.array([[-1.0]]), np.array([-0.5])),)),), 20, 1)
     checker = Checker(g, spec)
-    assert pgd_attack(g, spec, checker, restarts=4, vertices=False) is None
+    assert pgd_attack(g, spec, checker, restarts=4, vertices=False, guided=False) is None
+    x, y = pgd_attack(g, spec, checker, restarts=4, guided=False)
+    assert_witness(spec, x, y, g)
+
+
+def test_attack_guided_start_reaches_a_corner_that_random_starts_miss():
+    """y = relu(sum x_i - 19.5) on [0, 1]^20 is 0 (and flat) unless nearly every x_i is 1; y >= 0.25 holds only
+    near the all-ones vertex, which is where CROWN's bound of -y is smallest."""
+    g = nets.mlp(0, 20, [1], ["relu"], 1)
+    first, out = (n for n in g.nodes.values() if n.op == "linear")
+    first.params.update(W=torch.ones(1, 20, dtype=torch.float64), b=torch.full((1,), -19.5, dtype=torch.float64))
+    out.params.update(W=torch.ones(1, 1, dtype=torch.float64), b=torch.zeros(1, dtype=torch.float64))
+    spec = Spec((Case(Box(np.zeros(20), np.ones(20)), (Region(np.array([[-1.0]]), np.array([-0.25])),)),), 20, 1)
+    checker = Checker(g, spec)
+    assert pgd_attack(g, spec, checker, restarts=4, guided=False) is None
     x, y = pgd_attack(g, spec, checker, restarts=4)
     assert_witness(spec, x, y, g)
 
