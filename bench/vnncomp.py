@@ -5,6 +5,10 @@ branch and bound, MILP) one after another in this process, prints one line per i
 the contradictions with BENCH_DIR/expected.csv and the total wall time.
 
     python bench/vnncomp.py ../shared/benchmarks/acasxu [--timeout-scale 1.0] [--limit N] [--no-branch]
+        [--match 256x4,prop_5_0.05] [--first-split-share 0.05] [--refine-share 0.8]
+
+``--match``: only the instances whose network or property path contains every comma-separated part;
+``--first-split-share``, ``--refine-share``: the driver's ``FIRST_SPLIT_SHARE`` and ``REFINE_SHARE``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from veracity.verify import driver
 from veracity.verify.runner import instances_csv, read_expected, read_instances, run_one, summarise
 
 
@@ -25,9 +30,15 @@ def main():
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-branch", action="store_true", help="attack and bounds only (no branching, no MILP)")
+    ap.add_argument("--match", default="", help="comma-separated parts every kept instance's paths contain")
+    ap.add_argument("--first-split-share", type=float, default=driver.FIRST_SPLIT_SHARE)
+    ap.add_argument("--refine-share", type=float, default=driver.REFINE_SHARE)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    driver.FIRST_SPLIT_SHARE, driver.REFINE_SHARE = args.first_split_share, args.refine_share
     instances = read_instances(args.bench)
+    parts = [p for p in args.match.split(",") if p]
+    instances = [i for i in instances if all(p in f"{i.onnx} {i.vnnlib}" for p in parts)]
     if args.limit:
         instances = instances[: args.limit]
     exp_file = instances_csv(args.bench).parent / "expected.csv"
@@ -46,7 +57,9 @@ def main():
           f"total {total:.1f} s, median {s.median_s:.2f} s")
     for r, exp in s.contradictions:
         print("CONTRADICTION", r.onnx, r.vnnlib, r.result, "expected", exp)
-    print(f"rerun: python bench/vnncomp.py {args.bench}" + (" --no-branch" if args.no_branch else ""))
+    print(f"rerun: python bench/vnncomp.py {args.bench}" + (" --no-branch" if args.no_branch else "")
+          + (f" --match {args.match}" if args.match else "")
+          + f" --first-split-share {args.first_split_share:g} --refine-share {args.refine_share:g}")
 
 
 if __name__ == "__main__":

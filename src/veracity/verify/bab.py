@@ -236,15 +236,15 @@ class _Domains:
 
 
 class _SplitBounder:
-    """β-CROWN bounds of one region's rows ``C y`` (threshold b) on batches of domains of one box."""
+    """β-CROWN bounds of one region's rows ``C y`` (threshold b) on batches of domains of one box, whose
+    intermediate bounds at the root are ``root``."""
 
-    def __init__(self, graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, b: torch.Tensor,
-                 iters: int, lr: float, rank: str = "crown", dtype: torch.dtype = torch.float32,
-                 root: dict | None = None):
+    def __init__(self, graph: Graph, C: torch.Tensor, b: torch.Tensor, iters: int, lr: float, root: dict,
+                 rank: str = "crown", dtype: torch.dtype = torch.float32):
         self.graph, self.C, self.b, self.iters, self.lr, self.dtype = graph, C, b, iters, lr, dtype
         self.rank = rank
         self.pre = relu_inputs(graph)
-        self.root = alpha_bounds(graph, lo, hi) if root is None else root
+        self.root = root
         self.root_opt = {k: (l.to(dtype), u.to(dtype)) for k, (l, u) in self.root.items()}
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
@@ -362,11 +362,12 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
 
     Domains hold split signs only: no intermediate bound is recomputed after a split, so every domain's
     bounds are the root's clamped at its splits. The root's bounds are ``roots[case]`` where given (e.g.
-    MILP-refined), else α-CROWN's (``alpha_bounds``)."""
+    MILP-refined), else α-CROWN's (``alpha_bounds``), computed once per case."""
     total = 0
     for ci, case in enumerate(spec.cases):
         lo = torch.tensor(case.box.lower)[None]
         hi = torch.tensor(case.box.upper)[None]
+        root = (roots or {}).get(ci)
         for j, region in enumerate(case.regions):
             if open_ is not None and not open_[ci][j]:
                 continue
@@ -374,7 +375,9 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
                 hit = checker.check(case.box.center, ci)
                 return BabResult("sat", hit, total) if hit else BabResult("unknown", None, total)
             C, b = torch.tensor(region.A), torch.tensor(region.b)
-            bounder = _SplitBounder(graph, lo, hi, C, b, iters, lr, rank, root=(roots or {}).get(ci))
+            if root is None:
+                root = alpha_bounds(graph, lo, hi)
+            bounder = _SplitBounder(graph, C, b, iters, lr, root, rank)
             stack = [bounder.root_domains()]  # chunks of open domains, the newest last
             total += 1
             while True:

@@ -15,7 +15,10 @@ time left (this closes the easier instances in seconds); if that does not decide
 are tightened by MILP (``refine_stage``, ``REFINE_SHARE`` of the time left), and splitting and the MILP
 start again from them. On mnist_fc 256x4 prop_14_0.05, 190 s of refinement moved the worst root margin
 from -1.80 to +0.035; splitting from α-CROWN's root did not close it in 60 s (``python bench/relu_split.py
-256x4:prop_14_0.05 --refine 200 --split 60 --roots alpha``).
+256x4:prop_14_0.05 --refine 200 --split 60 --roots alpha``). Refinement gets most of the time: on 256x4
+prop_5_0.05, 130 s of it left splitting without a verdict, while 220 s let splitting close the instance in
+10 s (``python bench/vnncomp.py ../shared/benchmarks/mnist_fc --match 256x4,prop_5_0.05 --refine-share 0.5``,
+and 0.8).
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ DEFAULT_METHODS = ("ibp", "crown", "alpha")  # "cegar" may be added (sigmoid/tan
 INPUT_SPLIT_MAX_DIM = 16  # input branch and bound for networks with at most this many inputs
 LOW_DIM_RESTARTS = 256  # attack restarts for networks with few inputs (cheap, and finds narrow regions)
 MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this many unstable ReLUs per case
-FIRST_SPLIT_SHARE = 0.1  # of the time left, for ReLU splitting from α-CROWN's bounds before MILP refinement
-REFINE_SHARE = 0.5  # of the time left after that, for MILP-refined intermediate bounds
+FIRST_SPLIT_SHARE = 0.05  # of the time left, for ReLU splitting from α-CROWN's bounds before MILP refinement
+REFINE_SHARE = 0.8  # of the time left after that, for MILP-refined intermediate bounds
 REFINE_SOLVE_LIMIT = 1.0  # seconds per MILP of one bound of one neuron
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 BUDGET_SHARE = 0.97  # of the timeout the methods may use
@@ -147,19 +150,26 @@ def milp_stage(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
     return "unsat", None
 
 
+def alpha_roots(graph: Graph, spec: Spec, open_: list[list[bool]]) -> dict[int, Bounds]:
+    """α-CROWN's intermediate bounds (``alpha_bounds``) of each case with open regions."""
+    return {ci: alpha_bounds(graph, torch.tensor(c.box.lower)[None], torch.tensor(c.box.upper)[None])
+            for ci, c in enumerate(spec.cases) if any(open_[ci])}
+
+
 def refine_stage(graph: Graph, spec: Spec, open_: list[list[bool]], deadline: float,
-                 solve_limit: float = REFINE_SOLVE_LIMIT) -> dict[int, Bounds]:
+                 solve_limit: float = REFINE_SOLVE_LIMIT, start: dict[int, Bounds] | None = None) -> dict[int, Bounds]:
     """Intermediate bounds of each case with open regions, tightened by MILP (``milp.NodeRefiner``) node by
     node until ``deadline``: after each node, every later node's bounds are recomputed by α-CROWN from the
-    refined ones, and the open regions are bounded again (those proven are closed in ``open_``). Returns
-    the bounds per case (for ReLU splitting and the MILP)."""
+    refined ones, and the open regions are bounded again (those proven are closed in ``open_``). Starts
+    from ``start[case]`` where given, else from α-CROWN's bounds. Returns the bounds per case (for ReLU
+    splitting and the MILP)."""
     roots = {}
     exact = ibp_exact(graph)
     for ci, case in enumerate(spec.cases):
         if not any(open_[ci]):
             continue
         lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
-        bounds = alpha_bounds(graph, lo, hi)
+        bounds = dict(start[ci]) if start and ci in start else alpha_bounds(graph, lo, hi)
         refiner = milp.NodeRefiner(graph, lo, hi, bounds, solve_limit)
         for p in relu_inputs(graph):
             if time.monotonic() > deadline or not any(open_[ci]):
@@ -257,13 +267,14 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                 relu = graph.n_inputs > INPUT_SPLIT_MAX_DIM
                 name, fn = ("relu-split", relu_split) if relu else ("input-split", input_split)
                 if relu and exact and deadline is not None:  # a short search first, then MILP-refined bounds
-                    r = relu_split(graph, spec, checker, open_,
+                    alpha = alpha_roots(graph, spec, open_)
+                    r = relu_split(graph, spec, checker, open_, roots=alpha,
                                    deadline=time.monotonic() + FIRST_SPLIT_SHARE * (deadline - time.monotonic()))
                     log.append(f"{name}: {r.status} after {r.boxes} sub-problems ({time.monotonic() - t0:.2f}s)")
                     if r.status in ("sat", "unsat"):
                         return done(r.status, name, *(r.witness or ()))
                     roots = refine_stage(graph, spec, open_,
-                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()))
+                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()), start=alpha)
                     n_open = sum(map(sum, open_))
                     log.append(f"milp-refine: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
                     if n_open == 0:
