@@ -16,9 +16,9 @@ are tightened by MILP (``refine_stage``, ``REFINE_SHARE`` of the time left), and
 start again from them. On mnist_fc 256x4 prop_14_0.05, 190 s of refinement moved the worst root margin
 from -1.80 to +0.035; splitting from α-CROWN's root did not close it in 60 s (``python bench/relu_split.py
 256x4:prop_14_0.05 --refine 200 --split 60 --roots alpha``). Refinement gets most of the time: on 256x4
-prop_5_0.05, 130 s of it left splitting without a verdict, while 220 s let splitting close the instance in
-10 s (``python bench/vnncomp.py ../shared/benchmarks/mnist_fc --match 256x4,prop_5_0.05 --refine-share 0.5``,
-and 0.8).
+prop_5_0.05, about 140 s of it (``REFINE_SHARE`` 0.5) left the instance undecided at its 300 s timeout, while
+about 220 s (0.8) let splitting close it, 245 s in (``python bench/vnncomp.py ../shared/benchmarks/mnist_fc
+--match 256x4,prop_5_0.05 --refine-share 0.5``, and 0.8).
 """
 
 from __future__ import annotations
