@@ -87,7 +87,7 @@ def bound_minimisers(graph: Graph, spec: Spec) -> torch.Tensor | None:
     CROWN's linear lower bound of the region's row furthest from holding; None where CROWN cannot bound
     the graph."""
     case_of, lo, hi, A, b = _region_tensors(spec, torch.float64)
-    boxes = [spec.cases[ci].box for ci in range(len(spec.cases))]
+    boxes = [c.box for c in spec.cases]
     sel = torch.tensor(case_of)
     try:
         with torch.no_grad():
