@@ -25,7 +25,8 @@ from veracity.spec import load_vnnlib
 from veracity.verify import bab
 
 DEFAULT = ["256x4:prop_13_0.05:1", "256x4:prop_13_0.05:2", "256x6:prop_9_0.03:3"]
-_DEFAULTS = {k: highspy.Highs().getOptionValue(k) for k in milp.REFINE_OPTIONS}
+_HIGHS = highspy.Highs()
+_DEFAULTS = {k: _HIGHS.getOptionValue(k)[1] for k in milp.REFINE_OPTIONS}
 SETTINGS = {
     "HiGHS defaults (1 thread)": {**_DEFAULTS, "threads": 1},
     "heuristics off": {**milp.REFINE_OPTIONS, "presolve": _DEFAULTS["presolve"]},
