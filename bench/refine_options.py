@@ -1,11 +1,11 @@
 """HiGHS options for the MILP bound solves of the refine stage: how far each setting tightens neuron bounds.
 
-For each instance (NET:PROP:LAYER, LAYER counting ReLU inputs from 0) builds ``milp.NodeRefiner``'s model up to
-that layer over α-CROWN's intermediate bounds, and minimises the N widest unstable neurons of the layer one by
-one under a LIMIT-second limit with each option set. Prints the time taken and the sum of the gains of the
-neurons' lower bounds over α-CROWN's (larger is tighter).
+For each instance (NET:PROP:LAYER, LAYER counting ReLU inputs from 0) runs ``milp.NodeRefiner`` on that layer
+over α-CROWN's intermediate bounds for SECONDS with each option set (1 s per solve, widest neurons first, as
+the refine stage does). Prints the solves made and how much the summed width of the layer's unstable neurons
+shrank (larger is tighter).
 
-    python bench/refine_options.py [--shared ../shared] [--limit 1] [--neurons 10] [256x4:prop_13_0.05:2 ...]
+    python bench/refine_options.py [--shared ../shared] [--seconds 20] [256x4:prop_13_0.05:2 ...]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from veracity.solvers import milp
 from veracity.spec import load_vnnlib
 from veracity.verify import bab
 
-DEFAULT = ["256x4:prop_13_0.05:1", "256x4:prop_13_0.05:2", "256x6:prop_9_0.03:3"]
+DEFAULT = ["256x4:prop_13_0.05:2", "256x6:prop_9_0.03:3"]
 _HIGHS = highspy.Highs()
 _DEFAULTS = {k: _HIGHS.getOptionValue(k)[1] for k in milp.REFINE_OPTIONS}
 SETTINGS = {
@@ -34,36 +34,22 @@ SETTINGS = {
 }
 
 
-def gains(g, lo, hi, bounds, node, options, limit, n) -> tuple[float, float]:
-    """Seconds taken and summed lower-bound gain of the n widest unstable neurons of ``node``."""
-    r = milp.NodeRefiner(g, lo, hi, bounds, limit)
-    m = r.m
+def shrink(g, lo, hi, bounds, node, options, seconds) -> tuple[int, float]:
+    """Solves made and the summed width the layer's unstable neurons lose in ``seconds`` of refinement."""
+    r = milp.NodeRefiner(g, lo, hi, bounds)
     for option, value in options.items():
-        m.h.setOptionValue(option, value)
-    for k in g.nodes:
-        if k not in m.added:
-            m.add_node(k)
-        if k == node:
-            break
-    M, c0 = m.expr(node)
-    lo0, hi0 = m.lower[node], m.upper[node]
-    todo = np.nonzero((lo0 < 0) & (hi0 > 0))[0]
-    todo = todo[np.argsort(-np.minimum(-lo0[todo], hi0[todo]), kind="stable")][:n]
-    t, total = time.monotonic(), 0.0
-    for e in todo.tolist():
-        m.h.setOptionValue("time_limit", limit)
-        milp._set_cost(m, M[e])
-        m.h.run()
-        total += max(0.0, m.h.getInfo().mip_dual_bound + c0[e] - lo0[e])
-    return time.monotonic() - t, total
+        r.m.h.setOptionValue(option, value)
+    l0, u0 = (t.reshape(-1).double().numpy() for t in bounds[node])
+    unstable = (l0 < 0) & (u0 > 0)
+    l, u = r.refine(node, time.monotonic() + seconds)
+    return r.solves, float(np.sum((u0 - l0)[unstable]) - np.sum((u - l)[unstable]))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("instances", nargs="*", default=DEFAULT, help="NET:PROP:LAYER (default: three mnist_fc layers)")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
-    ap.add_argument("--limit", type=float, default=1.0, help="seconds per solve")
-    ap.add_argument("--neurons", type=int, default=10, help="neurons minimised per layer")
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds of refinement per layer and setting")
     args = ap.parse_args()
     torch.set_num_threads(1)
     d = args.shared / "benchmarks" / "mnist_fc"
@@ -75,10 +61,10 @@ def main():
         bounds = alpha_bounds(g, lo, hi)
         node = bab.relu_inputs(g)[int(layer)]
         for name, options in SETTINGS.items():
-            dt, gain = gains(g, lo, hi, bounds, node, options, args.limit, args.neurons)
-            print(f"{inst} {name}: lower-bound gain {gain:.2f} in {dt:.1f}s", flush=True)
+            solves, gain = shrink(g, lo, hi, bounds, node, options, args.seconds)
+            print(f"{inst} {name}: {solves} solves, summed width {gain:.2f} narrower", flush=True)
     print("rerun: python bench/refine_options.py " + " ".join(args.instances)
-          + f" --limit {args.limit:g} --neurons {args.neurons}")
+          + f" --seconds {args.seconds:g}")
 
 
 if __name__ == "__main__":
