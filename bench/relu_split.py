@@ -4,8 +4,7 @@ time limit with HiGHS's MIP presolve on and off.
 For each instance (NET:PROP, e.g. 256x4:prop_1_0.03) prints the unstable neurons per ReLU layer under full
 CROWN (tight and adaptive lines intersected) and under ``alpha_bounds``, with the time of each; with
 ``--split S`` also ``relu_split`` from each root (``--roots``) with each batch size (``--batch``) and
-each ranking of splits (``--rank``), α/β optimisation (``--opt`` iterations:step) and share of the time
-for recomputing later layers' bounds after splits (``--recompute``) for S seconds
+each ranking of splits (``--rank``) and α/β optimisation (``--opt`` iterations:step) for S seconds
 (after attack-free ibp/crown/alpha bounding), with the
 domains bounded per second;
 with ``--milp S`` the exact MILP under an S-second limit, presolve as chosen by ``build_milp`` and forced on;
@@ -13,7 +12,7 @@ with ``--refine S`` the intermediate bounds tightened by MILP for S seconds (the
 unstable neurons and the worst region's margin under α-CROWN, and with ``--split`` ReLU splitting from them.
 
     python bench/relu_split.py [--shared ../shared] [--split 40 [--roots crown,alpha] [--batch 64,1024]
-        [--rank crown,optimised] [--opt 10:0.1,15:0.2] [--recompute 0,0.3,1]]
+        [--rank crown,optimised] [--opt 10:0.1,15:0.2]]
         [--milp 7] [--refine 120] [--threads 1] [256x4:prop_1_0.03 ...]
 """
 
@@ -59,12 +58,10 @@ def main():
     ap.add_argument("instances", nargs="*", default=DEFAULT, help="NET:PROP (default: two mnist_fc instances)")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     ap.add_argument("--split", type=float, default=0.0, help="seconds of relu_split from each root (0: skip)")
-    ap.add_argument("--roots", default="crown,alpha", help="roots of --split: crown, alpha or both")
+    ap.add_argument("--roots", default="crown,alpha", help="roots of --split: crown, alpha, both or none (\"\")")
     ap.add_argument("--batch", default="1024", help="comma-separated batch sizes of --split")
     ap.add_argument("--rank", default="crown", help="comma-separated rankings of splits of --split")
     ap.add_argument("--opt", default="15:0.2", help="comma-separated ITERS:LR of each domain's α/β optimisation")
-    ap.add_argument("--recompute", default="0.3",
-                    help="comma-separated shares of the time for recomputing later layers after splits (0: never)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--milp", type=float, default=0.0, help="time limit of the MILP comparison (0: skip)")
     ap.add_argument("--refine", type=float, default=0.0,
@@ -102,18 +99,18 @@ def main():
         if args.split:
             real = bab.alpha_bounds
             cells = []
-            for root in args.roots.split(",") + (["milp"] if roots else []):
+            for root in [r for r in args.roots.split(",") if r] + (["milp"] if roots else []):
                 bab.alpha_bounds = real if root == "alpha" else (lambda g, lo, hi: crown_bounds(g, lo, hi, "both"))
-                for batch, rank, opt, rec in itertools.product(map(int, args.batch.split(",")), args.rank.split(","),
-                                                               args.opt.split(","), args.recompute.split(",")):
+                for batch, rank, opt in itertools.product(map(int, args.batch.split(",")), args.rank.split(","),
+                                                          args.opt.split(",")):
                     iters, lr = opt.split(":")
                     t = time.monotonic()
                     r = bab.relu_split(g, spec, Checker(g, spec), [list(o) for o in open_], deadline=t + args.split,
                                        batch=batch, rank=rank, iters=int(iters), lr=float(lr),
-                                       roots=roots if root == "milp" else None, recompute=float(rec))
+                                       roots=roots if root == "milp" else None)
                     dt = time.monotonic() - t
-                    cells.append(f"{root} root, batch {batch}, rank {rank}, opt {opt}, recompute {rec}: "
-                                 f"{r.status} after {r.boxes} domains, {dt:.1f}s ({r.boxes / dt:.0f}/s)")
+                    cells.append(f"{root} root, batch {batch}, rank {rank}, opt {opt}: {r.status} after "
+                                 f"{r.boxes} domains, {dt:.1f}s ({r.boxes / dt:.0f}/s)")
             bab.alpha_bounds = real
             print("  relu_split " + "\n  relu_split ".join(cells), flush=True)
         if args.milp:
@@ -132,8 +129,7 @@ def main():
                 milp.build_milp = build
             print(f"  milp, {args.milp:g}s limit: " + " | ".join(cells), flush=True)
     print("rerun: python bench/relu_split.py " + " ".join(args.instances)
-          + (f" --split {args.split:g} --roots {args.roots} --batch {args.batch} --rank {args.rank} --opt {args.opt}"
-             f" --recompute {args.recompute}"
+          + (f" --split {args.split:g} --roots '{args.roots}' --batch {args.batch} --rank {args.rank} --opt {args.opt}"
              if args.split else "")
           + f" --threads {args.threads}" + (f" --milp {args.milp:g}" if args.milp else "")
           + (f" --refine {args.refine:g}" if args.refine else ""))

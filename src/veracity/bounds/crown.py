@@ -201,7 +201,7 @@ def node_bounds(graph: Graph, name: str, bounds: Bounds, lines: str = "tight", r
 
 
 def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: str = "tight",
-                 outer: Bounds | None = None, fixed: set[str] = frozenset()) -> Bounds:
+                 outer: Bounds | None = None) -> Bounds:
     """Full CROWN: bounds of every node a relaxation needs, each by its own backward pass.
 
     Nodes are visited in order; each first gets one IBP step from the (already refined) bounds of its
@@ -215,8 +215,7 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     computes every neuron some box needs. With tight lines CROWN's bounds are also intersected with the
     reference. ``lines="both"`` intersects, node by node, the bounds of a tight and an adaptive pass (twice the cost;
     much tighter intermediate bounds on ACAS Xu sub-boxes). ``outer``: bounds known to hold on these boxes
-    (a parent box's, in branch and bound) that every node's bounds are intersected with as they are made;
-    the nodes named in ``fixed`` take their bounds from ``outer`` as they are.
+    (a parent box's, in branch and bound) that every node's bounds are intersected with as they are made.
     """
     B, dtype, device = lower.shape[0], lower.dtype, lower.device
     bounds: Bounds = {graph.input_name: (lower.reshape(B, *graph.input_shape), upper.reshape(B, *graph.input_shape))}
@@ -225,9 +224,6 @@ def crown_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
     consumers = graph.consumers()
     for name, n in graph.nodes.items():
         if n.op == "input":
-            continue
-        if name in fixed:
-            bounds[name] = outer[name]
             continue
         bounds[name] = l, u = _within(ibp_node(graph, n, bounds, B, dtype, device), outer, name)
         if name not in need or name in exact or n.op in MONOTONE:

@@ -19,12 +19,11 @@ import functools
 import operator
 import time
 from dataclasses import dataclass, fields
-from math import inf
 
 import numpy as np
 import torch
 
-from veracity.bounds import _outward, rounding_margin, widen
+from veracity.bounds import widen
 from veracity.bounds.alpha import alpha_bounds, init_alphas, maximise
 from veracity.bounds.crown import backward, crown_bounds, needs_bounds
 from veracity.graph.ir import Graph
@@ -55,7 +54,6 @@ def _bound(graph: Graph, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, li
 
 
 GAIN = 0.05  # a split other than the top-ranked one must improve on it by this share of its score
-RECOMPUTE_SHARE = 0.3  # of ReLU splitting's time, at most, for recomputing later layers' bounds after splits
 MEMORY = 2e9  # bytes of open boxes (with their intermediate bounds) or domains branch and bound may hold
 
 
@@ -209,13 +207,11 @@ def relu_inputs(graph: Graph) -> list[str]:
 
 @dataclass
 class _Domains:
-    """Sub-problems of one input box: per ReLU input node, split signs (+1 z >= 0, -1 z <= 0) and the
-    domain's own bounds (clamped at its splits); after bounding, each domain's margin, the neuron to split
-    next and a candidate counterexample."""
+    """Sub-problems of one input box: per ReLU input node, split signs (+1 z >= 0, -1 z <= 0; the bounds
+    are the root's, clamped at the splits); after bounding, each domain's margin, the neuron to split next
+    and a candidate counterexample."""
 
     sign: dict[str, torch.Tensor]  # (D, size) int8
-    lower: dict[str, torch.Tensor]  # (D, size)
-    upper: dict[str, torch.Tensor]  # (D, size)
     margin: torch.Tensor  # (D,) best lower bound minus threshold over the region's rows (<= 0: open)
     node: torch.Tensor  # (D,) index into the ReLU input nodes of the neuron to split next (-1: none left)
     index: torch.Tensor  # (D,) its flat index
@@ -246,27 +242,33 @@ class _SplitBounder:
     intermediate bounds at the root are ``root``."""
 
     def __init__(self, graph: Graph, C: torch.Tensor, b: torch.Tensor, iters: int, lr: float, root: dict,
-                 rank: str = "crown", dtype: torch.dtype = torch.float32, recompute: float = 1.0):
+                 rank: str = "crown", dtype: torch.dtype = torch.float32):
         self.graph, self.C, self.b, self.iters, self.lr, self.dtype = graph, C, b, iters, lr, dtype
-        self.rank, self.recompute = rank, recompute
-        self.start, self.spent = time.monotonic(), 0.0  # recomputing takes at most this share of the time
+        self.rank = rank
         self.pre = relu_inputs(graph)
         self.root = root
         self.root_opt = {k: (l.to(dtype), u.to(dtype)) for k, (l, u) in self.root.items()}
         self.relu_of = {n.inputs[0]: n.name for n in graph.nodes.values() if n.op in ("relu", "leaky_relu")}
 
     def root_domains(self) -> _Domains:
-        sign = {p: torch.zeros(1, self.graph.nodes[p].size, dtype=torch.int8) for p in self.pre}
-        lower = {p: self.root[p][0].reshape(1, -1) for p in self.pre}
-        upper = {p: self.root[p][1].reshape(1, -1) for p in self.pre}
-        return self.bound(sign, lower, upper)
+        return self.bound({p: torch.zeros(1, self.graph.nodes[p].size, dtype=torch.int8) for p in self.pre})
 
-    def bound(self, sign: dict, lower: dict, upper: dict) -> _Domains:
-        """Bound every domain given by its split signs and its bounds, and pick its next split (see
-        ``relu_split``'s ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from
-        their parent's α and β saved about 3% of the domains on five mnist_fc instances, in the same time,
-        for about 4x the memory per domain)."""
+    def limits(self, sign: dict) -> tuple[dict, dict]:
+        """Per ReLU input node, the bounds (D, size) of domains with split signs ``sign``."""
+        lower, upper = {}, {}
+        for p in self.pre:
+            l, u = (t.reshape(1, -1) for t in self.root[p])
+            lower[p] = torch.where(sign[p] > 0, l.clamp(min=0), l)
+            upper[p] = torch.where(sign[p] < 0, u.clamp(max=0), u)
+        return lower, upper
+
+    def bound(self, sign: dict) -> _Domains:
+        """Bound every domain given by its split signs, and pick its next split (see ``relu_split``'s
+        ``rank``). α starts at CROWN's adaptive lines and β at 0 (starting children from their parent's α
+        and β saved about 3% of the domains on five mnist_fc instances, in the same time, for about 4x the
+        memory per domain)."""
         g, D = self.graph, next(iter(sign.values())).shape[0]
+        lower, upper = self.limits(sign)
         batch = lambda l, u: (l.expand(D, *l.shape[1:]), u.expand(D, *u.shape[1:]))  # noqa: E731
         bounds = {k: batch(l, u) for k, (l, u) in self.root.items()}
         # α and β are optimised in self.dtype (float32 is faster); the bound is their float64 value
@@ -318,26 +320,21 @@ class _SplitBounder:
             best_score = torch.where(better, s, best_score)
             node = torch.where(better, torch.full_like(node, k), node)
             index = torch.where(better, i, index)
-        return _Domains(sign, lower, upper, margin, node, index, coeffs[rows, row] > 0)
+        return _Domains(sign, margin, node, index, coeffs[rows, row] > 0)
 
     def exact(self, d: _Domains, k: int, box, region) -> tuple:
         """Decide region on domain k exactly (by MILP, which has no binaries once every ReLU is fixed)."""
         pre = dict(self.root)
+        lower, upper = self.limits({p: s[k : k + 1] for p, s in d.sign.items()})
         for p in self.pre:
             shape = self.graph.nodes[p].shape
-            pre[p] = d.lower[p][k].reshape(1, *shape), d.upper[p][k].reshape(1, *shape)
+            pre[p] = lower[p].reshape(1, *shape), upper[p].reshape(1, *shape)
         return decide_case(self.graph, Case(box, (region,)), pre=pre)
 
     def split(self, d: _Domains) -> _Domains:
-        """Each domain split on its chosen neuron, both halves bounded: the z >= 0 halves, then the z <= 0.
-        While recomputing has taken less than ``recompute`` of the time since this bounder was made, each
-        half's bounds of the layers after its split are recomputed by CROWN (``_tighten``)."""
+        """Each domain split on its chosen neuron, both halves bounded: the z >= 0 halves, then the z <= 0."""
         D = len(d)
         sign = {p: torch.cat([v, v]) for p, v in d.sign.items()}
-        lower = {p: torch.cat([v, v]) for p, v in d.lower.items()}
-        upper = {p: torch.cat([v, v]) for p, v in d.upper.items()}
-        t = time.monotonic()
-        tighten = self.spent < self.recompute * (t - self.start)
         for k, p in enumerate(self.pre):
             sel = (d.node == k).nonzero().flatten()
             if not sel.numel():
@@ -345,34 +342,12 @@ class _SplitBounder:
             idx = d.index[sel]
             sign[p][sel, idx] = 1
             sign[p][sel + D, idx] = -1
-            lower[p][sel, idx] = 0.0
-            upper[p][sel + D, idx] = 0.0
-            if tighten and k + 1 < len(self.pre):
-                self._tighten(torch.cat([sel, sel + D]), k, lower, upper)
-        if tighten:
-            self.spent += time.monotonic() - t
-        return self.bound(sign, lower, upper)
-
-    def _tighten(self, sel: torch.Tensor, k: int, lower: dict, upper: dict) -> None:
-        """CROWN bounds of the ReLU input nodes after ``self.pre[k]`` on domains ``sel``, from their bounds
-        (those of ``pre[k]`` and before are kept as they are); intersected with theirs, in place. The pass
-        runs in ``self.dtype`` on bounds rounded outward to it, and its results are widened for rounding."""
-        g, n, dt = self.graph, sel.numel(), self.dtype
-        lo, hi = (t.reshape(1, -1).expand(n, -1) for t in self.root[g.input_name])
-        outer = {p: (_outward(lower[p][sel], dt, -inf).reshape(n, *g.nodes[p].shape),
-                     _outward(upper[p][sel], dt, inf).reshape(n, *g.nodes[p].shape)) for p in self.pre}
-        b = crown_bounds(g, _outward(lo, dt, -inf), _outward(hi, dt, inf), "adaptive", outer,
-                         fixed=set(self.pre[: k + 1]))
-        for p in self.pre[k + 1 :]:
-            l, u = widen(tuple(t.reshape(n, -1).to(lower[p].dtype) for t in b[p]), rounding_margin(dt))
-            lower[p][sel] = torch.maximum(lower[p][sel], l)
-            upper[p][sel] = torch.minimum(upper[p][sel], u)
+        return self.bound(sign)
 
 
 def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool]] | None = None,
                deadline: float | None = None, batch: int = 1024, iters: int = 15, lr: float = 0.2,
-               memory: float = MEMORY, rank: str = "crown", roots: dict | None = None,
-               recompute: float = RECOMPUTE_SHARE) -> BabResult:
+               memory: float = MEMORY, rank: str = "crown", roots: dict | None = None) -> BabResult:
     """Decide the still-open regions by splitting ReLU phases, each region on its own: ``batch`` domains,
     taken depth first, are split per step; past ``memory`` bytes of open domains the search gives up
     (``unknown``). On mnist_fc 256x4 a batch of 1024 bounds 1.2-1.4x the domains per second of a batch of 64
@@ -387,12 +362,9 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
     and the tree grows: 256x2 prop_10_0.05 took 12.6k domains where 15 steps of 0.2 take about 200
     (``bench/relu_split.py --opt 10:0.1,15:0.2``).
 
-    Each domain holds its own intermediate bounds: its parent's, clamped at the split, and, while recomputing
-    has taken at most ``recompute`` of the region's time so far, those of the layers after the split
-    recomputed by CROWN over them (kept where tighter). From MILP-refined roots on mnist_fc 256x4, always
-    recomputing closed prop_13_0.05 in a third of the time but fell behind on prop_12_0.05; a share of 0.3
-    kept most of both gains (``bench/relu_split.py --recompute 0,0.3,1``). The root's bounds are
-    ``roots[case]`` where given (e.g. MILP-refined), else α-CROWN's (``alpha_bounds``), computed once per case."""
+    Domains hold split signs only: no intermediate bound is recomputed after a split, so every domain's
+    bounds are the root's clamped at its splits. The root's bounds are ``roots[case]`` where given (e.g.
+    MILP-refined), else α-CROWN's (``alpha_bounds``), computed once per case."""
     total = 0
     for ci, case in enumerate(spec.cases):
         lo = torch.tensor(case.box.lower)[None]
@@ -407,7 +379,7 @@ def relu_split(graph: Graph, spec: Spec, checker: Checker, open_: list[list[bool
             C, b = torch.tensor(region.A), torch.tensor(region.b)
             if root is None:
                 root = alpha_bounds(graph, lo, hi)
-            bounder = _SplitBounder(graph, C, b, iters, lr, root, rank, recompute=recompute)
+            bounder = _SplitBounder(graph, C, b, iters, lr, root, rank)
             stack = [bounder.root_domains()]  # chunks of open domains, the newest last
             total += 1
             while True:
