@@ -13,7 +13,7 @@ unstable neurons and the worst region's margin under α-CROWN, and with ``--spli
 
     python bench/relu_split.py [--shared ../shared] [--split 40 [--roots crown,alpha] [--batch 64,1024]
         [--rank crown,optimised] [--opt 10:0.1,15:0.2]]
-        [--milp 7] [--refine 120] [--threads 1] [256x4:prop_1_0.03 ...]
+        [--milp 7] [--refine 120 [--refine-last]] [--threads 1] [256x4:prop_1_0.03 ...]
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def main():
     ap.add_argument("--batch", default="1024", help="comma-separated batch sizes of --split")
     ap.add_argument("--rank", default="crown", help="comma-separated rankings of splits of --split")
     ap.add_argument("--opt", default="15:0.2", help="comma-separated ITERS:LR of each domain's α/β optimisation")
+    ap.add_argument("--refine-last", action="store_true", help="--refine also refines the last ReLU layer")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--milp", type=float, default=0.0, help="time limit of the MILP comparison (0: skip)")
     ap.add_argument("--refine", type=float, default=0.0,
@@ -91,7 +92,8 @@ def main():
         roots = {}
         if args.refine:
             t = time.perf_counter()
-            roots = driver.refine_stage(g, spec, [list(o) for o in open_], time.monotonic() + args.refine)
+            roots = driver.refine_stage(g, spec, [list(o) for o in open_], time.monotonic() + args.refine,
+                                        last=args.refine_last)
             t_mip = time.perf_counter() - t
             print(f"  milp-refined ({args.refine:g}s budget, {t_mip:.1f}s): unstable {unstable(roots[0], names)}, "
                   f"worst margin alpha {worst_margin(g, spec, lo, hi, opt):.3f} -> "
@@ -132,7 +134,7 @@ def main():
           + (f" --split {args.split:g} --roots '{args.roots}' --batch {args.batch} --rank {args.rank} --opt {args.opt}"
              if args.split else "")
           + f" --threads {args.threads}" + (f" --milp {args.milp:g}" if args.milp else "")
-          + (f" --refine {args.refine:g}" if args.refine else ""))
+          + (f" --refine {args.refine:g}" if args.refine else "") + (" --refine-last" if args.refine_last else ""))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ the contradictions with BENCH_DIR/expected.csv and the total wall time.
 
     python bench/vnncomp.py ../shared/benchmarks/acasxu [--timeout-scale 1.0] [--limit N] [--no-branch]
         [--match 256x4,prop_5_0.05] [--first-split-share 0.05] [--refine-share 0.8]
+        [--refine-solve-limit 1.0] [--refine-last]
 
 ``--match``: only the instances whose network or property path contains every comma-separated part;
-``--first-split-share``, ``--refine-share``: the driver's ``FIRST_SPLIT_SHARE`` and ``REFINE_SHARE``.
+``--first-split-share``, ``--refine-share``, ``--refine-solve-limit``, ``--refine-last``: the driver's
+``FIRST_SPLIT_SHARE``, ``REFINE_SHARE``, ``REFINE_SOLVE_LIMIT`` and ``REFINE_LAST``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ def main():
     ap.add_argument("--match", default="", help="comma-separated parts every kept instance's paths contain")
     ap.add_argument("--first-split-share", type=float, default=driver.FIRST_SPLIT_SHARE)
     ap.add_argument("--refine-share", type=float, default=driver.REFINE_SHARE)
+    ap.add_argument("--refine-solve-limit", type=float, default=driver.REFINE_SOLVE_LIMIT)
+    ap.add_argument("--refine-last", action="store_true", default=driver.REFINE_LAST,
+                    help="the refine stage also refines the last ReLU layer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     driver.FIRST_SPLIT_SHARE, driver.REFINE_SHARE = args.first_split_share, args.refine_share
+    driver.REFINE_SOLVE_LIMIT, driver.REFINE_LAST = args.refine_solve_limit, args.refine_last
     instances = read_instances(args.bench)
     parts = [p for p in args.match.split(",") if p]
     instances = [i for i in instances if all(p in f"{i.onnx} {i.vnnlib}" for p in parts)]
@@ -59,7 +65,8 @@ def main():
         print("CONTRADICTION", r.onnx, r.vnnlib, r.result, "expected", exp)
     print(f"rerun: python bench/vnncomp.py {args.bench}" + (" --no-branch" if args.no_branch else "")
           + (f" --match {args.match}" if args.match else "")
-          + f" --first-split-share {args.first_split_share:g} --refine-share {args.refine_share:g}")
+          + f" --first-split-share {args.first_split_share:g} --refine-share {args.refine_share:g}"
+          f" --refine-solve-limit {args.refine_solve_limit:g}" + (" --refine-last" if args.refine_last else ""))
 
 
 if __name__ == "__main__":

@@ -253,10 +253,29 @@ def test_milp_refined_bounds_contain_activations_and_tighten(seed):
         assert np.all(v >= l - 1e-9) and np.all(v <= u + 1e-9), p
 
 
-def test_driver_verdicts_through_the_refine_stage_equal_exact_milp(monkeypatch):
+def test_refine_stage_leaves_the_last_relu_layer_to_splitting(monkeypatch):
+    """The refine stage refines every ReLU layer's inputs after the first (an affine map of the box), the
+    last one only with ``last``."""
+    g = nets.mlp(0, 4, [6, 6, 6], ["relu"] * 3, 2)
+    spec = Spec((Case(Box(-np.ones(4), np.ones(4)), (Region(np.array([[1.0, 0.0]]), np.array([1e9])),)),), 4, 2)
+    calls = []
+    real = NodeRefiner.refine
+    monkeypatch.setattr(NodeRefiner, "refine", lambda self, name, deadline=None: calls.append(name)
+                        or real(self, name, deadline))
+    layers = bab.relu_inputs(g)
+    for last in (False, True):
+        calls.clear()
+        driver.refine_stage(g, spec, [[True]], time.monotonic() + 60, last=last)
+        assert calls == (layers[1:] if last else layers[1:-1])
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_driver_verdicts_through_the_refine_stage_equal_exact_milp(monkeypatch, last):
     """ReLU splitting forced (no input splitting, no MILP first) with no time for the first split: what the
-    root's bounds and first candidates leave open is decided after the MILP refine stage, by it, by
-    splitting or by the MILP over its bounds; every verdict equals the exact MILP's."""
+    root's bounds and first candidates leave open is decided after the MILP refine stage (with and without
+    the last ReLU layer refined), by it, by splitting or by the MILP over its bounds; every verdict equals
+    the exact MILP's."""
+    monkeypatch.setattr(driver, "REFINE_LAST", last)
     monkeypatch.setattr(driver, "INPUT_SPLIT_MAX_DIM", 0)
     monkeypatch.setattr(driver, "MILP_FIRST_UNSTABLE", -1)
     monkeypatch.setattr(driver, "FIRST_SPLIT_SHARE", 0.0)

@@ -15,15 +15,19 @@ time left (this closes the easier instances in seconds); if that does not decide
 are tightened by MILP (``refine_stage``, ``REFINE_SHARE`` of the time left), and splitting and the MILP
 start again from them. On mnist_fc 256x4 prop_14_0.05, 190 s of refinement moved the worst root margin
 from -1.80 to +0.035; splitting from α-CROWN's root did not close it in 60 s (``python bench/relu_split.py
-256x4:prop_14_0.05 --refine 200 --split 60 --roots alpha``). Refinement gets most of the time: on 256x4
-prop_5_0.05, about 140 s of it (``REFINE_SHARE`` 0.5) left the instance undecided at its 300 s timeout, while
+256x4:prop_14_0.05 --refine 200 --refine-last --split 60 --roots alpha``). Refinement gets most of the time: on
+256x4 prop_5_0.05, about 140 s of it (``REFINE_SHARE`` 0.5) left the instance undecided at its 300 s timeout, while
 about 220 s (0.8) let splitting close it, 245 s in (``python bench/vnncomp.py ../shared/benchmarks/mnist_fc
---match 256x4,prop_5_0.05 --refine-share 0.5``, and 0.8). After refinement, splitting gets
+--match 256x4,prop_5_0.05 --refine-last --refine-share 0.5``, and 0.8). After refinement, splitting gets
 ``REFINED_BAB_SHARE`` of the time left and the MILP the rest: in the full mnist_fc and eran ReLU runs before
 this share was raised from ``BAB_SHARE``, the MILP decided none of the instances it got, while splitting from
 refined bounds closed 256x4 prop_13_0.05 in 31.2 s (``python bench/relu_split.py 256x4:prop_13_0.05 --refine
-210 --split 60 --roots ''``); with ``BAB_SHARE`` the driver timed out on it, with 0.9 it decided it 271 s in
-(``veracity run ../shared/benchmarks/mnist_fc --workers 2``).
+210 --refine-last --split 60 --roots ''``); with ``BAB_SHARE`` the driver timed out on it, with 0.9 it decided it
+271 s in (``veracity run ../shared/benchmarks/mnist_fc --workers 2``).
+
+The refine stage leaves the last ReLU layer to splitting (``REFINE_LAST``): a split there makes that
+neuron's relaxation exact and changes no other bound, while a refined earlier layer also tightens every
+later layer's bounds.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ MILP_FIRST_UNSTABLE = 32  # the exact MILP before branch and bound up to this ma
 FIRST_SPLIT_SHARE = 0.05  # of the time left, for ReLU splitting from α-CROWN's bounds before MILP refinement
 REFINE_SHARE = 0.8  # of the time left after that, for MILP-refined intermediate bounds
 REFINE_SOLVE_LIMIT = 1.0  # seconds per MILP of one bound of one neuron
+REFINE_LAST = False  # whether the refine stage also refines the last ReLU layer (else left to splitting)
 BAB_SHARE = 0.7  # of the time left after the bounds, for branch and bound when the MILP follows it
 REFINED_BAB_SHARE = 0.9  # the same, after the refine stage
 BUDGET_SHARE = 0.97  # of the timeout the methods may use
@@ -163,12 +168,13 @@ def alpha_roots(graph: Graph, spec: Spec, open_: list[list[bool]]) -> dict[int, 
 
 
 def refine_stage(graph: Graph, spec: Spec, open_: list[list[bool]], deadline: float,
-                 solve_limit: float = REFINE_SOLVE_LIMIT, start: dict[int, Bounds] | None = None) -> dict[int, Bounds]:
+                 solve_limit: float = REFINE_SOLVE_LIMIT, start: dict[int, Bounds] | None = None,
+                 last: bool = REFINE_LAST) -> dict[int, Bounds]:
     """Intermediate bounds of each case with open regions, tightened by MILP (``milp.NodeRefiner``) node by
     node until ``deadline``: after each node, every later node's bounds are recomputed by α-CROWN from the
-    refined ones, and the open regions are bounded again (those proven are closed in ``open_``). Starts
-    from ``start[case]`` where given, else from α-CROWN's bounds. Returns the bounds per case (for ReLU
-    splitting and the MILP)."""
+    refined ones, and the open regions are bounded again (those proven are closed in ``open_``). The last
+    ReLU layer's inputs are refined only with ``last``. Starts from ``start[case]`` where given, else from
+    α-CROWN's bounds. Returns the bounds per case (for ReLU splitting and the MILP)."""
     roots = {}
     exact = ibp_exact(graph)
     for ci, case in enumerate(spec.cases):
@@ -177,7 +183,8 @@ def refine_stage(graph: Graph, spec: Spec, open_: list[list[bool]], deadline: fl
         lo, hi = torch.tensor(case.box.lower)[None], torch.tensor(case.box.upper)[None]
         bounds = dict(start[ci]) if start and ci in start else alpha_bounds(graph, lo, hi)
         refiner = milp.NodeRefiner(graph, lo, hi, bounds, solve_limit)
-        for p in relu_inputs(graph):
+        nodes = relu_inputs(graph)
+        for p in nodes if last else nodes[:-1]:
             if time.monotonic() > deadline or not any(open_[ci]):
                 break
             if p in exact:  # an affine map of the box: its interval is exact already
@@ -280,7 +287,8 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     if r.status in ("sat", "unsat"):
                         return done(r.status, name, *(r.witness or ()))
                     roots = refine_stage(graph, spec, open_,
-                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()), start=alpha)
+                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()),
+                                         REFINE_SOLVE_LIMIT, start=alpha, last=REFINE_LAST)
                     n_open = sum(map(sum, open_))
                     log.append(f"milp-refine: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
                     if n_open == 0:
