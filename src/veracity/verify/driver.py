@@ -169,13 +169,16 @@ def alpha_roots(graph: Graph, spec: Spec, open_: list[list[bool]]) -> dict[int, 
 
 
 def refine_stage(graph: Graph, spec: Spec, open_: list[list[bool]], deadline: float,
-                 solve_limit: float = REFINE_SOLVE_LIMIT, start: dict[int, Bounds] | None = None,
-                 last: bool = REFINE_LAST) -> dict[int, Bounds]:
+                 solve_limit: float | None = None, start: dict[int, Bounds] | None = None,
+                 last: bool | None = None) -> dict[int, Bounds]:
     """Intermediate bounds of each case with open regions, tightened by MILP (``milp.NodeRefiner``) node by
     node until ``deadline``: after each node, every later node's bounds are recomputed by α-CROWN from the
     refined ones, and the open regions are bounded again (those proven are closed in ``open_``). The last
     ReLU layer's inputs are refined only with ``last``. Starts from ``start[case]`` where given, else from
-    α-CROWN's bounds. Returns the bounds per case (for ReLU splitting and the MILP)."""
+    α-CROWN's bounds. Returns the bounds per case (for ReLU splitting and the MILP). ``solve_limit`` and
+    ``last`` default to ``REFINE_SOLVE_LIMIT`` and ``REFINE_LAST`` as they are at the call."""
+    solve_limit = REFINE_SOLVE_LIMIT if solve_limit is None else solve_limit
+    last = REFINE_LAST if last is None else last
     roots = {}
     exact = ibp_exact(graph)
     for ci, case in enumerate(spec.cases):
@@ -288,8 +291,7 @@ def verify(graph: Graph, spec: Spec, timeout: float | None = None, methods: Sequ
                     if r.status in ("sat", "unsat"):
                         return done(r.status, name, *(r.witness or ()))
                     roots = refine_stage(graph, spec, open_,
-                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()),
-                                         REFINE_SOLVE_LIMIT, start=alpha, last=REFINE_LAST)
+                                         time.monotonic() + REFINE_SHARE * (deadline - time.monotonic()), start=alpha)
                     n_open = sum(map(sum, open_))
                     log.append(f"milp-refine: {n_open} region(s) open ({time.monotonic() - t0:.2f}s)")
                     if n_open == 0:
