@@ -38,7 +38,8 @@ from nets import (
 
 from veracity.bounds import METHODS as ALL_METHODS
 from veracity.bounds import bound_spec, crown, crown_bounds, widen
-from veracity.bounds.alpha import alpha_bounds
+from veracity.bounds.alpha import alpha_bounds, init_alphas
+from veracity.bounds.crown import backward
 from veracity.graph import Graph, Node, load_onnx
 from veracity.spec import load_vnnlib
 from veracity.verify.bab import relu_inputs
@@ -223,6 +224,26 @@ def test_alpha_is_sound_and_never_looser_than_crown(data, spec: NetSpec):
             continue
         assert_contains(a, ymin, ymax, f"alpha/{lines}")
         assert_no_looser(a, bounds_of(g, l, u, C, "crown", lines), f"alpha vs crown ({lines})", rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_backward_with_a_lines_memo_equals_backward_without(seed):
+    """The memo of ReLU/LeakyReLU lines (kept over an α optimisation's steps) changes no bound: three passes
+    with different α through one memo equal fresh passes (to 1e-12, relative)."""
+    rng = random.Random(seed)
+    g = build(random_spec(rng, piecewise_linear=True))
+    gen = torch.Generator().manual_seed(seed)
+    l, u = random_boxes(gen, 2, g.n_inputs)
+    bounds = crown_bounds(g, l, u, "adaptive")
+    A = torch.randn(2, 3, *g.output_shape, generator=gen, dtype=D)
+    memo: dict = {}
+    for _ in range(3):
+        alphas = {k: {key: torch.rand(t.shape, generator=gen, dtype=D) for key, t in a.items()}
+                  for k, a in init_alphas(g, bounds, 3, "adaptive").items()}
+        fresh = backward(g, g.output_name, A, bounds, "adaptive", alphas)
+        kept = backward(g, g.output_name, A, bounds, "adaptive", alphas, memo=memo)
+        assert torch.allclose(kept, fresh, rtol=1e-12, atol=1e-12)
+    assert len(memo) == sum(n.op in ("relu", "leaky_relu") for n in g.nodes.values())
 
 
 @settings(RANDOM_NETS, max_examples=10)

@@ -101,7 +101,8 @@ def alpha_crown(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, C: torch
     A0 = torch.cat([A0, -A0], 1)
     params = init_alphas(graph, bounds, 2 * S, lines)
     leaves = [(t, 0.0, 1.0) for d in params.values() for t in d.values()]
-    best = maximise(lambda: backward(graph, out.name, A0, bounds, lines, params), leaves, iters, lr)
+    memo: dict = {}
+    best = maximise(lambda: backward(graph, out.name, A0, bounds, lines, params, memo=memo), leaves, iters, lr)
     return best[:, :S], -best[:, S:]
 
 
@@ -129,8 +130,10 @@ def alpha_bounds(graph: Graph, lower: torch.Tensor, upper: torch.Tensor, lines: 
         params = {k: v for k, v in init_alphas(graph, bounds, 2 * r, lines).items()
                   if order.index(k) < order.index(name)}
         leaves = [(t, 0.0, 1.0) for d in params.values() for t in d.values()]
+        memo: dict = {}
         with torch.enable_grad():
-            best = maximise(lambda: backward(graph, name, A0, bounds, lines, params), leaves, iters, lr)  # noqa: B023
+            best = maximise(lambda: backward(graph, name, A0, bounds, lines, params, memo=memo),  # noqa: B023
+                            leaves, iters, lr)
         lf, uf = lf.clone(), uf.clone()
         lf[:, rows] = torch.maximum(lf[:, rows], best[:, :r].detach())
         uf[:, rows] = torch.minimum(uf[:, rows], -best[:, r:].detach())

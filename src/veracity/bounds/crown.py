@@ -50,13 +50,14 @@ def _dot(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: str = "tight",
              alphas: dict | None = None, return_input_coeffs: bool = False, extra: dict | None = None,
-             record: dict | None = None):
+             record: dict | None = None, memo: dict | None = None):
     """Lower bounds (B, S) of ``A0 · start`` over the input box ``bounds[graph.input_name]``.
 
     With ``return_input_coeffs`` also the coefficients (B, S, n_inputs) of the final linear bound in x.
     ``extra`` maps node names to coefficients (B, S, *shape) added to that node's: the bound is then of
     ``A0 · start + sum extra[v] · v`` (β-CROWN adds split constraints this way). ``record``, when given,
-    receives the coefficient of every nonlinear element-wise node's output.
+    receives the coefficient of every nonlinear element-wise node's output. ``memo``: see
+    :func:`veracity.bounds.rules.lines_for` (for repeated passes over the same ``bounds``).
     """
     B, S = A0.shape[:2]
     dtype, device = A0.dtype, A0.device
@@ -97,7 +98,7 @@ def backward(graph: Graph, start: str, A0: torch.Tensor, bounds: Bounds, lines: 
             alpha = (alphas or {}).get(name)
             if alpha is not None:
                 ins = [(l.unsqueeze(1), u.unsqueeze(1)) for l, u in ins]
-            nl = rules.lines_for(n, p, ins, lines, alpha)
+            nl = rules.lines_for(n, p, ins, lines, alpha, memo)
             if record is not None:
                 record[name] = a
             # lower line where the coefficient is positive, upper line where negative: a·l + min(a, 0)·(u − l)

@@ -31,9 +31,20 @@ class NodeLines:
     ub: torch.Tensor
 
 
-def lines_for(node: Node, p: dict, ins: list[Interval], lines: str = "tight", alpha=None) -> NodeLines:
-    """Lines of an element-wise nonlinear node from the bounds of its inputs."""
+def lines_for(node: Node, p: dict, ins: list[Interval], lines: str = "tight", alpha=None,
+              memo: dict | None = None) -> NodeLines:
+    """Lines of an element-wise nonlinear node from the bounds of its inputs.
+
+    ``memo``: a dict kept over calls with the same bounds (the steps of one α optimisation). A ReLU's lower
+    slope is affine in its α and nothing else depends on α, so its lines at α = 0 and the slope's change
+    per unit α are computed once, and each call only blends in α (two tensor ops instead of a dozen)."""
     alpha = alpha or {}
+    if memo is not None and node.op in ("relu", "leaky_relu") and "lower" in alpha:
+        if node.name not in memo:
+            at0 = lines_for(node, p, ins, lines, {"lower": 0.0})
+            memo[node.name] = at0, lines_for(node, p, ins, lines, {"lower": 1.0}).lw[0] - at0.lw[0]
+        at0, per_alpha = memo[node.name]
+        return NodeLines([at0.lw[0] + per_alpha * alpha["lower"]], at0.lb, at0.uw, at0.ub)
     if node.op in ("relu", "leaky_relu"):
         (l, u), = ins
         slope = p.get("alpha", 0.0) if node.op == "leaky_relu" else 0.0

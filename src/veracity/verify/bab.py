@@ -287,8 +287,11 @@ class _SplitBounder:
             return {p: (-beta.to(dtype) * sign[p].unsqueeze(1)).reshape(D, S, *g.nodes[p].shape)
                     for p, beta in betas.items()}
 
+        memo: dict = {}  # the lines' parts that do not depend on α, kept over the optimisation's steps
+
         def value():
-            return backward(g, g.output_name, A0.to(self.dtype), opt, "adaptive", alphas, extra=extra(self.dtype))
+            return backward(g, g.output_name, A0.to(self.dtype), opt, "adaptive", alphas, extra=extra(self.dtype),
+                            memo=memo)
 
         params = [(t, 0.0, 1.0) for a in alphas.values() for t in a.values()] + [(t, 0.0, torch.inf)
                                                                               for t in betas.values()]
